@@ -1,0 +1,1 @@
+"""agents: routing policies (threshold, PPO, POMDP, baselines) behind one registry."""

@@ -1,0 +1,78 @@
+"""Router observations: what a deployed router knows at a decision, as Agg and Seq feature arrays.
+
+A router deciding at node ``n`` knows the PRM scores and token counts of the steps already in the
+prefix (strong rewrites included) and of the weak step just proposed. It never sees the strong
+rewrite's length or outcome, the hidden state or the final answer.
+
+Scaling (fixed, so exported routers need no statistics): PRM scores are in [0, 1] as they are;
+token counts are divided by :data:`TOKEN_SCALE`; the step index by :data:`MAX_STEPS`; strong steps
+used by :data:`STRONG_STEP_SCALE`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trim_env.tree import MAX_STEPS, RolloutTrees
+
+TOKEN_SCALE = 100.0
+STRONG_STEP_SCALE = 5.0
+
+#: Columns of the aggregate (TRIM-Agg) observation, in order.
+AGG_FEATURES: tuple[str, ...] = (
+    "prm",  # r_t: PRM score of the proposed weak step
+    "min_previous_prm",  # min r_<t over the prefix (1.0 before the first step)
+    "tokens",  # c_t: tokens of the proposed weak step / TOKEN_SCALE
+    "step",  # t / MAX_STEPS (t = 1 for the first step)
+    "strong_steps_used",  # strong rewrites already in the prefix / STRONG_STEP_SCALE
+    "previous_prm",  # r_{t-1} (1.0 before the first step)
+    "previous_was_strong",  # 1 if the previous step is a strong rewrite
+)
+#: Channels of each row of the sequence (TRIM-Seq) observation; rows are steps 1..t, the last
+#: valid row is the proposed step, rows after it are zero padding with mask 0.
+SEQ_CHANNELS: tuple[str, ...] = ("prm", "tokens", "is_strong", "mask")
+
+
+def agg_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
+    """Aggregate observations at decision ``nodes`` (their children must exist), shape (B, 7)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    proposal = trees.weak_child[nodes]
+    out = np.empty((len(nodes), len(AGG_FEATURES)), dtype=np.float32)
+    out[:, 0] = trees.step_prm[proposal]
+    out[:, 1] = trees.path_min_prm[nodes]
+    out[:, 2] = trees.step_tokens[proposal] / TOKEN_SCALE
+    out[:, 3] = (trees.depth[nodes] + 1) / MAX_STEPS
+    out[:, 4] = trees.strong_steps[nodes] / STRONG_STEP_SCALE
+    out[:, 5] = trees.step_prm[nodes]  # the root's "step" score is 1.0 by convention
+    out[:, 6] = trees.step_is_strong[nodes]
+    return out
+
+
+def seq_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
+    """Sequence observations at decision ``nodes``, shape (B, MAX_STEPS, 4)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    batch = np.arange(len(nodes))
+    out = np.zeros((len(nodes), MAX_STEPS, len(SEQ_CHANNELS)), dtype=np.float32)
+    proposal = trees.weak_child[nodes]
+    row = trees.depth[nodes].astype(np.int64)
+    out[batch, row] = np.stack(
+        [trees.step_prm[proposal], trees.step_tokens[proposal] / TOKEN_SCALE, np.zeros(len(nodes)), np.ones(len(nodes))],
+        axis=1,
+    )
+    current = nodes.copy()
+    while True:
+        has_step = trees.parent[current] >= 0
+        if not has_step.any():
+            break
+        at, step_node = batch[has_step], current[has_step]
+        out[at, trees.depth[step_node].astype(np.int64) - 1] = np.stack(
+            [
+                trees.step_prm[step_node],
+                trees.step_tokens[step_node] / TOKEN_SCALE,
+                trees.step_is_strong[step_node],
+                np.ones(len(step_node)),
+            ],
+            axis=1,
+        )
+        current[has_step] = trees.parent[step_node]
+    return out

@@ -1,0 +1,605 @@
+"""Calibrated simulator of weak/strong step generation and PRM scores, writing rollout trees.
+
+The simulator is a hidden-state process in the spirit of TRIM-POMDP. Each query has a latent
+difficulty ``z ~ N(0, 1)``; per-step accuracies of the weak and strong model fall with ``z``. The
+prefix is in one of three hidden states: correct (S0), only its last step wrong (S2: a strong
+rewrite of that step can fix it) or derailed by an earlier error (S1: irrecoverable). After each
+step the solution ends with a hazard ``h(t)``; the final answer is right with a probability that
+depends on whether the prefix is still clean ("answers fail for reasons beyond step errors").
+PRM scores are logit-normal around a state-dependent mean, with a per-query offset so that scores
+inside one trajectory are correlated. Token counts are log-normal with a per-query scale; a strong
+rewrite's length follows the weak step it replaces.
+
+Randomness is keyed on the *path*: every node's draws come from a counter-based hash of
+``(seed, query, actions so far)``. So the same node always gets the same step whichever way it
+is reached, a cached tree and the lazy (uncapped) simulator agree node for node, output is
+byte-identical for a seed, and calibration uses common random numbers for free.
+
+Command line::
+
+    python -m trim_env.simulate preset=math500-qwen1.5b-7b n_queries=2500 seed=0 out=DIR \
+        [max_strong_steps=3] [node_budget=4000] [test_fraction=0.2] [weak_step_logit=2.0 ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, ndtri
+
+from trim_env.tree import (
+    MAX_STEPS,
+    STATE_CORRECT,
+    STATE_DERAILED,
+    STATE_LAST_STEP_WRONG,
+    RolloutTrees,
+    save_dataset,
+)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+ACTION_CONTINUE, ACTION_REGENERATE = 0, 1
+
+
+@dataclass(frozen=True)
+class SimulatorParams:
+    """Every figure of the simulated process (a preset is a JSON file of these fields)."""
+
+    #: Logit of the weak model's next-step accuracy (given a correct prefix) at difficulty z = 0.
+    weak_step_logit: float = 2.0
+    #: Logit of the strong model's next-step accuracy at z = 0.
+    strong_step_logit: float = 3.6
+    #: Decrease of the weak per-step logit per standard deviation of difficulty.
+    weak_difficulty_slope: float = 0.8
+    #: Decrease of the strong per-step logit per standard deviation of difficulty.
+    strong_difficulty_slope: float = 0.8
+    #: P(final answer correct | no uncorrected step error).
+    final_correct_if_clean: float = 0.92
+    #: P(final answer correct | an uncorrected error in the solution).
+    final_correct_if_derailed: float = 0.06
+    #: Termination hazard h(t) = max * sigmoid((t - midpoint) / width) for step t (1-based); h(30) = 1.
+    weak_hazard_max: float = 0.23
+    weak_hazard_midpoint: float = 5.0
+    weak_hazard_width: float = 1.0
+    strong_hazard_max: float = 0.22
+    strong_hazard_midpoint: float = 5.5
+    strong_hazard_width: float = 1.0
+    #: Shift of the hazard logit per SD of difficulty (harder queries have longer solutions).
+    hazard_difficulty_slope: float = 0.2
+    #: Mean tokens of a weak / strong step.
+    weak_tokens_per_step: float = 51.0
+    strong_tokens_per_step: float = 60.0
+    #: Log-scale SD of a query's token scale and of a single step's length.
+    tokens_query_sd: float = 0.3
+    tokens_step_sd: float = 0.5
+    #: Weight of the replaced weak step's log-length in the strong rewrite's log-length.
+    rewrite_length_correlation: float = 0.5
+    #: Multiplier on the length of a wrong step (errors come in longer steps).
+    wrong_step_length_factor: float = 1.2
+    #: Logit-normal PRM score: mean logit for a correct step, a wrong step (S2), a step after an error (S1).
+    prm_logit_correct: float = 3.0
+    prm_logit_last_wrong: float = -2.0
+    prm_logit_derailed: float = 0.0
+    prm_noise_sd: float = 1.8
+    #: SD of a per-query PRM logit offset (correlates scores inside a trajectory).
+    prm_query_sd: float = 0.8
+    #: Decrease of every PRM logit per SD of difficulty.
+    prm_difficulty_slope: float = 0.3
+    #: Visible difficulty level 1-5 = quantile bucket of (z + noise); proportions of each level.
+    level_noise_sd: float = 0.6
+    level_proportions: tuple[float, ...] = (0.086, 0.18, 0.21, 0.256, 0.268)
+    #: Number of noisy per-query features (stand-ins for text) and the SD of their noise.
+    n_features: int = 4
+    feature_noise_sd: float = 1.6
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SimulatorParams:
+        """Load preset ``name`` from ``trim_env/presets/`` and apply ``overrides``."""
+        path = PRESET_DIR / f"{name}.json"
+        if not path.exists():
+            available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+            raise ValueError(f"unknown simulator preset {name!r}; available: {available}")
+        values = json.loads(path.read_text())["params"]
+        return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SimulatorParams:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown simulator parameter(s) {unknown}; known: {sorted(names)}")
+        converted = {}
+        for key, value in values.items():
+            default = names[key].default
+            if isinstance(default, tuple):
+                converted[key] = tuple(float(v) for v in value)
+            elif isinstance(default, int) and not isinstance(default, bool):
+                converted[key] = int(value)
+            else:
+                converted[key] = float(value)
+        params = cls(**converted)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        for name in ("final_correct_if_clean", "final_correct_if_derailed", "weak_hazard_max", "strong_hazard_max"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"simulator parameter {name} = {value} must be a probability in [0, 1]")
+        for name in ("weak_tokens_per_step", "strong_tokens_per_step", "weak_hazard_width", "strong_hazard_width"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"simulator parameter {name} = {getattr(self, name)} must be positive")
+        if len(self.level_proportions) != 5 or abs(sum(self.level_proportions) - 1) > 1e-6:
+            raise ValueError(f"level_proportions = {self.level_proportions} must be 5 numbers summing to 1")
+
+    def hazard(self, model_is_strong: np.ndarray, step: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        """P(the solution ends at ``step`` | it reached it), for weak or strong steps."""
+        peak = np.where(model_is_strong, self.strong_hazard_max, self.weak_hazard_max)
+        mid = np.where(model_is_strong, self.strong_hazard_midpoint, self.weak_hazard_midpoint)
+        width = np.where(model_is_strong, self.strong_hazard_width, self.weak_hazard_width)
+        base = peak * expit((step - mid) / width)
+        logit = np.log(np.clip(base, 1e-9, 1 - 1e-9) / np.clip(1 - base, 1e-9, None))
+        hazard = expit(logit - self.hazard_difficulty_slope * difficulty)
+        return np.where(step >= MAX_STEPS, 1.0, hazard)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based randomness keyed on paths
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: a bijective scrambling of 64-bit keys."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _child_key(parent_key: np.ndarray, action: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return _mix(parent_key ^ (_GOLDEN * np.uint64(action + 1)))
+
+
+def _uniform(key: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform draw in (0, 1) number ``stream`` of each key."""
+    with np.errstate(over="ignore"):
+        bits = _mix(key + _GOLDEN * np.uint64(stream + 1)) >> np.uint64(11)
+    return (bits.astype(np.float64) + 0.5) * 2.0**-53
+
+
+def _normal(key: np.ndarray, stream: int) -> np.ndarray:
+    return ndtri(_uniform(key, stream))
+
+
+def query_keys(seed: int, query_indices: np.ndarray) -> np.ndarray:
+    seed_key = _mix(np.array([seed], dtype=np.uint64) ^ np.uint64(0x5EED))
+    return _mix(seed_key ^ _mix(np.asarray(query_indices, dtype=np.uint64) + _GOLDEN))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-query latents
+
+
+@dataclass
+class QueryLatents:
+    """Hidden and visible per-query quantities."""
+
+    difficulty: np.ndarray
+    weak_step_accuracy: np.ndarray
+    strong_step_accuracy: np.ndarray
+    token_scale: np.ndarray
+    prm_offset: np.ndarray
+    level: np.ndarray
+    features: np.ndarray
+
+
+def draw_queries(params: SimulatorParams, keys: np.ndarray) -> QueryLatents:
+    difficulty = _normal(keys, 0)
+    noisy = difficulty + params.level_noise_sd * _normal(keys, 1)
+    # Levels are quantile buckets of the noisy difficulty, so their proportions match the preset.
+    spread = np.sqrt(1 + params.level_noise_sd**2)
+    cut_points = spread * ndtri(np.cumsum(params.level_proportions)[:-1])
+    level = (np.searchsorted(cut_points, noisy) + 1).astype(np.int8)
+    features = np.stack(
+        [difficulty + params.feature_noise_sd * _normal(keys, 10 + k) for k in range(params.n_features)], axis=1
+    ).astype(np.float32)
+    return QueryLatents(
+        difficulty=difficulty,
+        weak_step_accuracy=expit(params.weak_step_logit - params.weak_difficulty_slope * difficulty),
+        strong_step_accuracy=expit(params.strong_step_logit - params.strong_difficulty_slope * difficulty),
+        token_scale=params.tokens_query_sd * _normal(keys, 2),
+        prm_offset=params.prm_query_sd * _normal(keys, 3) - params.prm_difficulty_slope * difficulty,
+        level=level,
+        features=features.reshape(len(keys), params.n_features),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The lazily expanded tree
+
+
+class _Growable:
+    """Column storage that grows by doubling, so appending children is amortised O(1)."""
+
+    def __init__(self, dtypes: dict[str, Any], capacity: int) -> None:
+        self.size = 0
+        self.columns = {name: np.empty(capacity, dtype=dtype) for name, dtype in dtypes.items()}
+
+    def append(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        count = len(next(iter(values.values())))
+        needed = self.size + count
+        capacity = len(next(iter(self.columns.values())))
+        if needed > capacity:
+            new_capacity = max(needed, 2 * capacity)
+            for name, column in self.columns.items():
+                grown = np.empty(new_capacity, dtype=column.dtype)
+                grown[: self.size] = column[: self.size]
+                self.columns[name] = grown
+        ids = np.arange(self.size, needed, dtype=np.int32)
+        for name, value in values.items():
+            self.columns[name][self.size : needed] = value
+        self.size = needed
+        return ids
+
+
+_NODE_DTYPES = {
+    "key": np.uint64,
+    "query": np.int32,
+    "parent": np.int32,
+    "weak_child": np.int32,
+    "strong_child": np.int32,
+    "depth": np.int16,
+    "strong_steps": np.int16,
+    "step_tokens": np.int32,
+    "step_prm": np.float32,
+    "step_is_strong": np.bool_,
+    "terminal": np.bool_,
+    "correct": np.int8,
+    "hidden_state": np.int8,
+    "path_min_prm": np.float32,
+    "expanded": np.bool_,
+}
+
+
+class SimulatedTrees(RolloutTrees):
+    """Rollout trees generated on demand by the simulator (no cap unless one is given).
+
+    Serves the environment and batch evaluator directly through the :class:`RolloutTrees`
+    interface: call :meth:`expand` on nodes before reading their children.
+    """
+
+    def __init__(
+        self,
+        params: SimulatorParams,
+        seed: int,
+        query_indices: np.ndarray,
+        max_strong_steps: int | None = None,
+        node_budget: int | None = None,
+        with_anchors: bool = True,
+    ) -> None:
+        self.params = params
+        self.seed = seed
+        self.query_indices = np.asarray(query_indices, dtype=np.int64)
+        self.max_strong_steps = max_strong_steps
+        self.node_budget = node_budget
+        keys = query_keys(seed, self.query_indices)
+        self.latents = draw_queries(params, keys)
+        n = len(keys)
+        self._nodes = _Growable(_NODE_DTYPES, capacity=max(64, 16 * n))
+        self._node_count = np.zeros(n, dtype=np.int64)
+        roots = self._nodes.append(
+            {
+                "key": keys,
+                "query": np.arange(n, dtype=np.int32),
+                "parent": np.full(n, -1, np.int32),
+                "weak_child": np.full(n, -1, np.int32),
+                "strong_child": np.full(n, -1, np.int32),
+                "depth": np.zeros(n, np.int16),
+                "strong_steps": np.zeros(n, np.int16),
+                "step_tokens": np.zeros(n, np.int32),
+                "step_prm": np.ones(n, np.float32),
+                "step_is_strong": np.zeros(n, np.bool_),
+                "terminal": np.zeros(n, np.bool_),
+                "correct": np.full(n, -1, np.int8),
+                "hidden_state": np.full(n, STATE_CORRECT, np.int8),
+                "path_min_prm": np.ones(n, np.float32),
+                "expanded": np.zeros(n, np.bool_),
+            }
+        )
+        self._node_count += 1
+        self.root = roots
+        self.query_id = [f"sim-{seed}-{int(i):06d}" for i in self.query_indices]
+        self.level = self.latents.level
+        self.features = self.latents.features
+        self.step_text = self.problem = self.answer = None
+        if with_anchors:
+            self._anchors()
+
+    # Node arrays are views of the growable storage (re-read them after expand).
+    def __getattr__(self, name: str) -> np.ndarray:
+        nodes = self.__dict__.get("_nodes")
+        if nodes is not None and name in nodes.columns:
+            return nodes.columns[name][: nodes.size]
+        raise AttributeError(name)
+
+    def expand(self, nodes: np.ndarray) -> None:
+        nodes = np.unique(np.asarray(nodes, dtype=np.int64))
+        nodes = nodes[~self.expanded[nodes] & ~self.terminal[nodes]]
+        if nodes.size:
+            self._expand(nodes)
+
+    def _expand(self, nodes: np.ndarray) -> None:
+        """Draw the weak proposal and the strong rewrite at each node and append the children."""
+        columns = self._nodes.columns
+        query = columns["query"][nodes]
+        parent_key = columns["key"][nodes]
+        parent_state = columns["hidden_state"][nodes]
+        step = columns["depth"][nodes].astype(np.int64) + 1
+        strong_steps = columns["strong_steps"][nodes]
+
+        weak = self._draw_step(_child_key(parent_key, ACTION_CONTINUE), query, parent_state, step, False, None)
+        strong = self._draw_step(
+            _child_key(parent_key, ACTION_REGENERATE), query, parent_state, step, True, weak["step_tokens"]
+        )
+        open_strong = np.ones(len(nodes), dtype=bool)
+        if self.max_strong_steps is not None:
+            open_strong &= strong_steps < self.max_strong_steps
+        if self.node_budget is not None:
+            open_strong &= self._node_count[query] < self.node_budget
+
+        common = {"query": query.astype(np.int32), "parent": nodes.astype(np.int32), "depth": step.astype(np.int16)}
+        weak_ids = self._nodes.append(
+            {
+                **common,
+                **weak,
+                "strong_steps": strong_steps,
+                "step_is_strong": np.zeros(len(nodes), np.bool_),
+                "path_min_prm": np.minimum(columns["path_min_prm"][nodes], weak["step_prm"]),
+                **self._fresh(len(nodes)),
+            }
+        )
+        columns = self._nodes.columns  # may have been reallocated
+        pick = {name: value[open_strong] for name, value in strong.items()}
+        strong_ids = self._nodes.append(
+            {
+                **{name: value[open_strong] for name, value in common.items()},
+                **pick,
+                "strong_steps": strong_steps[open_strong] + 1,
+                "step_is_strong": np.ones(int(open_strong.sum()), np.bool_),
+                "path_min_prm": np.minimum(columns["path_min_prm"][nodes[open_strong]], pick["step_prm"]),
+                **self._fresh(int(open_strong.sum())),
+            }
+        )
+        columns = self._nodes.columns
+        columns["weak_child"][nodes] = weak_ids
+        columns["strong_child"][nodes] = -1
+        columns["strong_child"][nodes[open_strong]] = strong_ids
+        columns["expanded"][nodes] = True
+        np.add.at(self._node_count, query, 1 + open_strong)
+
+    @staticmethod
+    def _fresh(count: int) -> dict[str, np.ndarray]:
+        return {
+            "weak_child": np.full(count, -1, np.int32),
+            "strong_child": np.full(count, -1, np.int32),
+            "expanded": np.zeros(count, np.bool_),
+        }
+
+    def _draw_step(
+        self,
+        key: np.ndarray,
+        query: np.ndarray,
+        parent_state: np.ndarray,
+        step: np.ndarray,
+        is_strong: bool,
+        replaced_tokens: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        params, latents = self.params, self.latents
+        accuracy = (latents.strong_step_accuracy if is_strong else latents.weak_step_accuracy)[query]
+        step_correct = _uniform(key, 0) < accuracy
+        state = np.where(
+            parent_state == STATE_CORRECT,
+            np.where(step_correct, STATE_CORRECT, STATE_LAST_STEP_WRONG),
+            STATE_DERAILED,
+        ).astype(np.int8)
+        difficulty = latents.difficulty[query]
+        ends = _uniform(key, 1) < params.hazard(np.full(len(key), is_strong), step, difficulty)
+
+        mean_tokens = params.strong_tokens_per_step if is_strong else params.weak_tokens_per_step
+        spread = params.tokens_step_sd
+        noise = _normal(key, 2)
+        if replaced_tokens is not None:
+            # The rewrite of a long step is long: mix the replaced step's standardised log-length in.
+            rho = params.rewrite_length_correlation
+            weak_log = (np.log(replaced_tokens) - np.log(params.weak_tokens_per_step) - latents.token_scale[query]) / spread
+            noise = rho * np.clip(weak_log, -4, 4) + np.sqrt(1 - rho**2) * noise
+        log_tokens = np.log(mean_tokens) - spread**2 / 2 + latents.token_scale[query] + spread * noise
+        log_tokens += np.where(state == STATE_LAST_STEP_WRONG, np.log(params.wrong_step_length_factor), 0.0)
+        tokens = np.maximum(1, np.rint(np.exp(log_tokens))).astype(np.int32)
+
+        mean_logit = np.select(
+            [state == STATE_CORRECT, state == STATE_LAST_STEP_WRONG],
+            [params.prm_logit_correct, params.prm_logit_last_wrong],
+            params.prm_logit_derailed,
+        )
+        logit = mean_logit + latents.prm_offset[query] + params.prm_noise_sd * _normal(key, 3)
+        prm = expit(logit).astype(np.float32)
+
+        clean = state == STATE_CORRECT
+        p_final = np.where(clean, params.final_correct_if_clean, params.final_correct_if_derailed)
+        correct = np.where(ends, (_uniform(key, 4) < p_final).astype(np.int8), np.int8(-1)).astype(np.int8)
+        return {
+            "key": key,
+            "step_tokens": tokens,
+            "step_prm": prm,
+            "terminal": ends,
+            "correct": correct,
+            "hidden_state": state,
+        }
+
+    def _anchors(self) -> None:
+        """Weak-only (all continue) and strong-only (all regenerate, uncapped) runs of every query."""
+        uncapped = self
+        if self.max_strong_steps is not None or self.node_budget is not None:
+            uncapped = SimulatedTrees(self.params, self.seed, self.query_indices, with_anchors=False)
+        for name, regenerate in (("weak_only", False), ("strong_only", True)):
+            correct, tokens, steps = follow_constant(uncapped, regenerate)
+            setattr(self, f"{name}_correct", correct.astype(np.int8))
+            setattr(self, f"{name}_tokens", tokens.astype(np.int32))
+            setattr(self, f"{name}_steps", steps.astype(np.int16))
+
+    def to_cached(self) -> RolloutTrees:
+        """Freeze into plain :class:`RolloutTrees`, nodes grouped by query in breadth-first order."""
+        live = self.expanded | self.terminal
+        if not live[self.weak_child[self.expanded]].all():
+            raise RuntimeError("to_cached() needs fully expanded trees")
+        order = np.lexsort((np.arange(self.num_nodes), self.depth, self.query))
+        new_id = np.empty(self.num_nodes + 1, dtype=np.int32)
+        new_id[order] = np.arange(self.num_nodes, dtype=np.int32)
+        new_id[-1] = -1
+        remap = lambda ids: new_id[ids]  # noqa: E731  (index -1 hits the last slot, which is -1)
+        return RolloutTrees(
+            query=self.query[order],
+            parent=remap(self.parent[order]),
+            weak_child=remap(self.weak_child[order]),
+            strong_child=remap(self.strong_child[order]),
+            depth=self.depth[order],
+            strong_steps=self.strong_steps[order],
+            step_tokens=self.step_tokens[order],
+            step_prm=self.step_prm[order],
+            step_is_strong=self.step_is_strong[order],
+            terminal=self.terminal[order],
+            correct=self.correct[order],
+            hidden_state=self.hidden_state[order],
+            query_id=list(self.query_id),
+            root=remap(self.root),
+            level=self.level,
+            features=self.features,
+            weak_only_correct=self.weak_only_correct,
+            weak_only_tokens=self.weak_only_tokens,
+            weak_only_steps=self.weak_only_steps,
+            strong_only_correct=self.strong_only_correct,
+            strong_only_tokens=self.strong_only_tokens,
+            strong_only_steps=self.strong_only_steps,
+            max_strong_steps=self.max_strong_steps,
+            node_budget=self.node_budget,
+        )
+
+    def expand_all(self) -> None:
+        """Expand breadth-first until every path has ended (respecting the cap and node budget)."""
+        frontier = self.root
+        while frontier.size:
+            self.expand(frontier)
+            children = np.concatenate([self.weak_child[frontier], self.strong_child[frontier]])
+            children = children[children >= 0]
+            frontier = children[~self.terminal[children]]
+
+
+def follow_constant(trees: RolloutTrees, regenerate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Play every query with one fixed action; returns (correct, tokens of that model, steps)."""
+    node = trees.root.astype(np.int64).copy()
+    tokens = np.zeros(len(node), dtype=np.int64)
+    steps = np.zeros(len(node), dtype=np.int64)
+    active = np.arange(len(node))
+    while active.size:
+        trees.expand(node[active])
+        child_array = trees.strong_child if regenerate else trees.weak_child
+        child = child_array[node[active]]
+        node[active] = child
+        tokens[active] += trees.step_tokens[child]
+        steps[active] += 1
+        active = active[~trees.terminal[child]]
+    return trees.correct[node].astype(np.int64), tokens, steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset generation and command line
+
+
+def generate_dataset(
+    out: str | Path,
+    preset: str,
+    n_queries: int,
+    seed: int,
+    max_strong_steps: int = 3,
+    node_budget: int | None = 4000,
+    test_fraction: float = 0.2,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Simulate ``n_queries`` queries into a train/test dataset at ``out``; returns the manifest.
+
+    The last ``round(test_fraction * n_queries)`` queries form the test split.
+    """
+    if n_queries < 1:
+        raise ValueError(f"n_queries = {n_queries} must be at least 1")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction = {test_fraction} must be in [0, 1]")
+    params = SimulatorParams.preset(preset, **overrides)
+    n_test = int(round(test_fraction * n_queries))
+    indices = np.arange(n_queries)
+    split_indices = {"train": indices[: n_queries - n_test], "test": indices[n_queries - n_test :]}
+    splits = {}
+    for name, chosen in split_indices.items():
+        if chosen.size == 0:
+            continue
+        trees = SimulatedTrees(params, seed, chosen, max_strong_steps, node_budget)
+        trees.expand_all()
+        splits[name] = trees.to_cached()
+    source = {
+        "kind": "simulator",
+        "preset": preset,
+        "seed": seed,
+        "n_queries": n_queries,
+        "test_fraction": test_fraction,
+        "params": dataclasses.asdict(params),
+        "overrides": overrides,
+    }
+    return save_dataset(out, splits, source, max_strong_steps, node_budget, overwrite=overwrite)
+
+
+def _parse_cli(arguments: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for argument in arguments:
+        if "=" not in argument:
+            raise SystemExit(f"argument {argument!r} is not of the form key=value")
+        key, raw = argument.split("=", 1)
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def main(arguments: list[str] | None = None) -> None:
+    values = _parse_cli(sys.argv[1:] if arguments is None else arguments)
+    missing = [key for key in ("preset", "n_queries", "seed", "out") if key not in values]
+    if missing:
+        raise SystemExit(f"missing argument(s) {missing}; usage: python -m trim_env.simulate preset=NAME n_queries=N seed=S out=DIR")
+    node_budget = values.pop("node_budget", 4000)
+    manifest = generate_dataset(
+        out=str(values.pop("out")),
+        preset=str(values.pop("preset")),
+        n_queries=int(values.pop("n_queries")),
+        seed=int(values.pop("seed")),
+        max_strong_steps=int(values.pop("max_strong_steps", 3)),
+        node_budget=None if node_budget in (None, "null", "none") else int(node_budget),
+        test_fraction=float(values.pop("test_fraction", 0.2)),
+        overwrite=bool(values.pop("overwrite", False)),
+        **values,
+    )
+    for name, split in manifest["splits"].items():
+        print(f"{name}: {split['n_queries']} queries, {split['n_nodes']} nodes")
+    print(f"content hash {manifest['content_hash']}")
+
+
+if __name__ == "__main__":
+    main()
