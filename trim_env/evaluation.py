@@ -56,6 +56,8 @@ class Outcomes:
     escalations: np.ndarray
     cap_overrides: np.ndarray
     steps: np.ndarray
+    #: The terminal node each episode ended on.
+    final_node: np.ndarray
 
     def select(self, mask: np.ndarray) -> Outcomes:
         return Outcomes(**{name: getattr(self, name)[mask] for name in self.__dataclass_fields__})
@@ -91,6 +93,7 @@ def run_episodes(trees: RolloutTrees, policy: BatchPolicy, queries: np.ndarray |
         escalations=escalations,
         cap_overrides=cap_overrides,
         steps=steps,
+        final_node=node,
     )
 
 

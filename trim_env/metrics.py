@@ -40,6 +40,7 @@ __all__ = [
     "apgr",
     "mean_delta_ibc",
     "summarize_frontier",
+    "auroc",
 ]
 
 
@@ -436,3 +437,30 @@ def summarize_frontier(
         mean_delta_ibc=mean_ibc,
         n_points=int(accuracy_array.size),
     )
+
+
+def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve of ``scores`` for predicting ``labels`` (1 = positive), ties averaged.
+
+    :param scores: Higher means more likely positive.
+    :param labels: 0/1 outcomes.
+    :return: AUROC in [0, 1]; ``nan`` if only one class is present.
+    """
+    score_array = np.asarray(scores, dtype=np.float64).ravel()
+    label_array = np.asarray(labels).ravel().astype(bool)
+    if score_array.size != label_array.size:
+        raise ValueError(f"scores ({score_array.size}) and labels ({label_array.size}) differ in length")
+    positives = int(label_array.sum())
+    negatives = label_array.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = np.argsort(score_array, kind="mergesort")
+    ranks = np.empty(score_array.size, dtype=np.float64)
+    sorted_scores = score_array[order]
+    # Average ranks over ties (Mann-Whitney U).
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [score_array.size]])
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    rank_sum = ranks[label_array].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))

@@ -18,7 +18,7 @@ byte-identical for a seed, and calibration uses common random numbers for free.
 Command line::
 
     python -m trim_env.simulate preset=math500-qwen1.5b-7b n_queries=2500 seed=0 out=DIR \
-        [max_strong_steps=3] [node_budget=4000] [test_fraction=0.2] [weak_step_logit=2.0 ...]
+        [max_strong_steps=4] [node_budget=1500] [test_fraction=0.2] [weak_step_logit=2.0 ...]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class SimulatorParams:
     level_proportions: tuple[float, ...] = (0.086, 0.18, 0.21, 0.256, 0.268)
     #: Number of noisy per-query features (stand-ins for text) and the SD of their noise.
     n_features: int = 4
-    feature_noise_sd: float = 1.6
+    feature_noise_sd: float = 1.0
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SimulatorParams:
@@ -104,7 +104,10 @@ class SimulatorParams:
         if not path.exists():
             available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
             raise ValueError(f"unknown simulator preset {name!r}; available: {available}")
-        values = json.loads(path.read_text())["params"]
+        content = json.loads(path.read_text())
+        # A preset either lists every parameter or names a base preset and what it changes.
+        values = dict(cls.preset(content["base"]).__dict__) if "base" in content else {}
+        values.update(content.get("params", {}))
         return cls.from_dict({**values, **overrides})
 
     @classmethod
@@ -320,6 +323,7 @@ class SimulatedTrees(RolloutTrees):
         self.level = self.latents.level
         self.features = self.latents.features
         self.step_text = self.problem = self.answer = None
+        self.strong_branch_cutoff = np.full(n, np.inf, dtype=np.float32)
         if with_anchors:
             self._anchors()
 
@@ -337,61 +341,48 @@ class SimulatedTrees(RolloutTrees):
             self._expand(nodes)
 
     def _expand(self, nodes: np.ndarray) -> None:
-        """Draw the weak proposal and the strong rewrite at each node and append the children."""
+        """Append each node's weak child, and its strong child where the cap allows.
+
+        With a node budget, strong children are opened later by :meth:`expand_all` in order of
+        the proposal's PRM score instead.
+        """
+        self._append_children(nodes, strong=False)
+        if self.node_budget is None:
+            open_strong = nodes
+            if self.max_strong_steps is not None:
+                open_strong = nodes[self.strong_steps[nodes] < self.max_strong_steps]
+            self._append_children(open_strong, strong=True)
+        self._nodes.columns["expanded"][nodes] = True
+
+    def _append_children(self, nodes: np.ndarray, strong: bool) -> None:
+        """Draw the weak proposal (or the strong rewrite) at each node and append it as a child."""
+        if nodes.size == 0:
+            return
         columns = self._nodes.columns
         query = columns["query"][nodes]
-        parent_key = columns["key"][nodes]
-        parent_state = columns["hidden_state"][nodes]
         step = columns["depth"][nodes].astype(np.int64) + 1
-        strong_steps = columns["strong_steps"][nodes]
-
-        weak = self._draw_step(_child_key(parent_key, ACTION_CONTINUE), query, parent_state, step, False, None)
-        strong = self._draw_step(
-            _child_key(parent_key, ACTION_REGENERATE), query, parent_state, step, True, weak["step_tokens"]
+        # A rewrite's length follows the weak step it replaces, drawn when the node was expanded.
+        replaced = columns["step_tokens"][columns["weak_child"][nodes]] if strong else None
+        action = ACTION_REGENERATE if strong else ACTION_CONTINUE
+        drawn = self._draw_step(
+            _child_key(columns["key"][nodes], action), query, columns["hidden_state"][nodes], step, strong, replaced
         )
-        open_strong = np.ones(len(nodes), dtype=bool)
-        if self.max_strong_steps is not None:
-            open_strong &= strong_steps < self.max_strong_steps
-        if self.node_budget is not None:
-            open_strong &= self._node_count[query] < self.node_budget
-
-        common = {"query": query.astype(np.int32), "parent": nodes.astype(np.int32), "depth": step.astype(np.int16)}
-        weak_ids = self._nodes.append(
+        ids = self._nodes.append(
             {
-                **common,
-                **weak,
-                "strong_steps": strong_steps,
-                "step_is_strong": np.zeros(len(nodes), np.bool_),
-                "path_min_prm": np.minimum(columns["path_min_prm"][nodes], weak["step_prm"]),
-                **self._fresh(len(nodes)),
+                **drawn,
+                "query": query,
+                "parent": nodes.astype(np.int32),
+                "depth": step.astype(np.int16),
+                "strong_steps": columns["strong_steps"][nodes] + strong,
+                "step_is_strong": np.full(len(nodes), strong),
+                "path_min_prm": np.minimum(columns["path_min_prm"][nodes], drawn["step_prm"]),
+                "weak_child": np.full(len(nodes), -1, np.int32),
+                "strong_child": np.full(len(nodes), -1, np.int32),
+                "expanded": np.zeros(len(nodes), np.bool_),
             }
         )
-        columns = self._nodes.columns  # may have been reallocated
-        pick = {name: value[open_strong] for name, value in strong.items()}
-        strong_ids = self._nodes.append(
-            {
-                **{name: value[open_strong] for name, value in common.items()},
-                **pick,
-                "strong_steps": strong_steps[open_strong] + 1,
-                "step_is_strong": np.ones(int(open_strong.sum()), np.bool_),
-                "path_min_prm": np.minimum(columns["path_min_prm"][nodes[open_strong]], pick["step_prm"]),
-                **self._fresh(int(open_strong.sum())),
-            }
-        )
-        columns = self._nodes.columns
-        columns["weak_child"][nodes] = weak_ids
-        columns["strong_child"][nodes] = -1
-        columns["strong_child"][nodes[open_strong]] = strong_ids
-        columns["expanded"][nodes] = True
-        np.add.at(self._node_count, query, 1 + open_strong)
-
-    @staticmethod
-    def _fresh(count: int) -> dict[str, np.ndarray]:
-        return {
-            "weak_child": np.full(count, -1, np.int32),
-            "strong_child": np.full(count, -1, np.int32),
-            "expanded": np.zeros(count, np.bool_),
-        }
+        self._nodes.columns["strong_child" if strong else "weak_child"][nodes] = ids
+        np.add.at(self._node_count, query, 1)
 
     def _draw_step(
         self,
@@ -489,18 +480,57 @@ class SimulatedTrees(RolloutTrees):
             strong_only_correct=self.strong_only_correct,
             strong_only_tokens=self.strong_only_tokens,
             strong_only_steps=self.strong_only_steps,
+            strong_branch_cutoff=self.strong_branch_cutoff,
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )
 
     def expand_all(self) -> None:
-        """Expand breadth-first until every path has ended (respecting the cap and node budget)."""
-        frontier = self.root
+        """Expand every query's tree until all paths have ended.
+
+        Without a node budget, breadth-first: every node with fewer than K strong steps on its path
+        gets a strong child. With a budget, the weak-only path comes first; then strong branches
+        are opened in rising order of the proposal's PRM score (the steps a router is most likely to
+        regenerate first), each completed with weak steps to the end, until the query's tree holds
+        ``node_budget`` nodes. The PRM level reached is recorded per query in
+        :attr:`strong_branch_cutoff`: every proposal scoring below it has a strong child (unless
+        its path already holds K strong steps).
+        """
+        self._complete(self.root)
+        self.strong_branch_cutoff = np.full(self.num_queries, np.inf, dtype=np.float32)
+        if self.node_budget is None:
+            return
+        cap = self.max_strong_steps if self.max_strong_steps is not None else MAX_STEPS
+        finished = np.zeros(self.num_queries, dtype=bool)
+        levels = np.append(np.arange(1, 51) / 50, 1.01)  # the last level admits scores of exactly 1
+        for previous, cutoff in zip(np.append(0.0, levels[:-1]), levels):
+            while True:
+                candidates = np.flatnonzero(
+                    self.expanded
+                    & (self.strong_child < 0)
+                    & (self.strong_steps < cap)
+                    & ~finished[self.query]
+                    & (self.step_prm[np.maximum(self.weak_child, 0)] < cutoff)
+                )
+                if candidates.size == 0:
+                    break
+                before = self.num_nodes
+                self._append_children(candidates, strong=True)
+                self._complete(np.arange(before, self.num_nodes))
+                over = ~finished & (self._node_count >= self.node_budget)
+                self.strong_branch_cutoff[over] = previous
+                finished |= over
+            if finished.all():
+                break
+
+    def _complete(self, frontier: np.ndarray) -> None:
+        """Expand breadth-first from ``frontier`` until every path below it has ended."""
+        frontier = frontier[~self.terminal[frontier]]
         while frontier.size:
             self.expand(frontier)
             children = np.concatenate([self.weak_child[frontier], self.strong_child[frontier]])
             children = children[children >= 0]
-            frontier = children[~self.terminal[children]]
+            frontier = children[~self.terminal[children] & ~self.expanded[children]]
 
 
 def follow_constant(trees: RolloutTrees, regenerate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -529,8 +559,8 @@ def generate_dataset(
     preset: str,
     n_queries: int,
     seed: int,
-    max_strong_steps: int = 3,
-    node_budget: int | None = 4000,
+    max_strong_steps: int = 4,
+    node_budget: int | None = 1500,
     test_fraction: float = 0.2,
     overwrite: bool = False,
     **overrides: Any,
@@ -584,13 +614,13 @@ def main(arguments: list[str] | None = None) -> None:
     missing = [key for key in ("preset", "n_queries", "seed", "out") if key not in values]
     if missing:
         raise SystemExit(f"missing argument(s) {missing}; usage: python -m trim_env.simulate preset=NAME n_queries=N seed=S out=DIR")
-    node_budget = values.pop("node_budget", 4000)
+    node_budget = values.pop("node_budget", 1500)
     manifest = generate_dataset(
         out=str(values.pop("out")),
         preset=str(values.pop("preset")),
         n_queries=int(values.pop("n_queries")),
         seed=int(values.pop("seed")),
-        max_strong_steps=int(values.pop("max_strong_steps", 3)),
+        max_strong_steps=int(values.pop("max_strong_steps", 4)),
         node_budget=None if node_budget in (None, "null", "none") else int(node_budget),
         test_fraction=float(values.pop("test_fraction", 0.2)),
         overwrite=bool(values.pop("overwrite", False)),

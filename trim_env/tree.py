@@ -70,6 +70,7 @@ QUERY_COLUMNS: dict[str, pa.DataType] = {
     "strong_only_correct": pa.int8(),
     "strong_only_tokens": pa.int32(),
     "strong_only_steps": pa.int16(),
+    "strong_branch_cutoff": pa.float32(),
     "problem": pa.string(),
     "answer": pa.string(),
 }
@@ -112,6 +113,9 @@ class RolloutTrees:
     strong_only_correct: np.ndarray
     strong_only_tokens: np.ndarray
     strong_only_steps: np.ndarray
+    #: Per query: every proposal scoring below this PRM level has a strong child (unless its path
+    #: holds K strong steps); +inf when no node budget limited the tree. ``None`` means +inf.
+    strong_branch_cutoff: np.ndarray | None = None
     step_text: list[str | None] | None = None
     problem: list[str | None] | None = None
     answer: list[str | None] | None = None
@@ -122,6 +126,8 @@ class RolloutTrees:
     node_budget: int | None = None
 
     def __post_init__(self) -> None:
+        if self.strong_branch_cutoff is None:
+            self.strong_branch_cutoff = np.full(len(self.root), np.inf, dtype=np.float32)
         self.path_min_prm = path_minimum(self.parent, self.step_prm, self.depth)
 
     @property
@@ -184,6 +190,7 @@ class RolloutTrees:
             strong_only_correct=self.strong_only_correct[query_indices],
             strong_only_tokens=self.strong_only_tokens[query_indices],
             strong_only_steps=self.strong_only_steps[query_indices],
+            strong_branch_cutoff=self.strong_branch_cutoff[query_indices],
             step_text=[self.step_text[i] for i in old_ids] if self.step_text is not None else None,
             problem=pick(self.problem),
             answer=pick(self.answer),
@@ -234,7 +241,9 @@ def _queries_table(trees: RolloutTrees) -> pa.Table:
     arrays: dict[str, pa.Array] = {}
     for name, dtype in QUERY_COLUMNS.items():
         if name == "features":
-            features = np.asarray(trees.features, dtype=np.float32).reshape(n, -1)
+            features = np.asarray(trees.features, dtype=np.float32)
+            # reshape(0, -1) is ambiguous for an empty split; it has no feature rows to write.
+            features = features.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
             arrays[name] = pa.array(list(features), type=dtype)
         elif name in ("query_id", "problem", "answer"):
             values = getattr(trees, name)
@@ -394,7 +403,7 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
         **{
             name: _numpy(queries, name)
             for name in QUERY_COLUMNS
-            if name.startswith(("weak_only", "strong_only"))
+            if name.startswith(("weak_only", "strong_only", "strong_branch"))
         },
         step_text=None if text_column.null_count == nodes.num_rows else text_column.to_pylist(),
         problem=optional(queries, "problem"),
@@ -470,3 +479,21 @@ def _validate(
         bad = (values != 0) & (values != 1)
         if bad.any():
             fail(queries_path, bad, column, values, "must be 0 or 1")
+
+
+def content_digest(trees: RolloutTrees) -> str:
+    """SHA-256 of a split's content, independent of the Parquet writer's bytes.
+
+    PRM scores enter rounded to 1e-5 so that last-bit differences of floating-point libraries
+    across machines do not change the digest of regenerated data.
+    """
+    digest = hashlib.sha256()
+    for name in NODE_COLUMNS:
+        if name in ("step_prm", "step_text"):
+            continue
+        digest.update(np.ascontiguousarray(getattr(trees, name)).tobytes())
+    digest.update(np.rint(trees.step_prm.astype(np.float64) * 1e5).astype(np.int64).tobytes())
+    for name in ("root", "level", "weak_only_correct", "weak_only_tokens", "strong_only_correct", "strong_only_tokens"):
+        digest.update(np.ascontiguousarray(getattr(trees, name)).tobytes())
+    digest.update("\n".join(trees.query_id).encode())
+    return digest.hexdigest()
