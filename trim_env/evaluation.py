@@ -137,3 +137,45 @@ def summarize(outcomes: Outcomes, anchors: metrics.Reference) -> dict[str, float
         "escalations_per_query": float(np.mean(outcomes.escalations)),
         "cap_binding_rate": float(np.mean(outcomes.cap_overrides > 0)),
     }
+
+
+def make_point(policy: str, parameter: float | None, outcomes: Outcomes, anchors: metrics.Reference) -> dict:
+    """A ``results.json`` point: the policy, its parameter and :func:`summarize` figures."""
+    return {"policy": policy, "parameter": parameter, **summarize(outcomes, anchors)}
+
+
+def anchor_points(trees: RolloutTrees) -> list[dict]:
+    """The weak-only and strong-only points of a split (from its recorded anchor runs)."""
+    anchors = reference(trees)
+    return [
+        {
+            "policy": "weak-only",
+            "parameter": None,
+            "accuracy": anchors.weak_accuracy,
+            "strong_tokens_per_query": 0.0,
+            "normalized_cost": 0.0,
+            "pgr": 0.0,
+        },
+        {
+            "policy": "strong-only",
+            "parameter": None,
+            "accuracy": anchors.strong_accuracy,
+            "strong_tokens_per_query": anchors.strong_tokens_per_query,
+            "normalized_cost": 1.0,
+            "pgr": 1.0,
+        },
+    ]
+
+
+def format_table(points: list[dict]) -> str:
+    """A plain-text table of points for the terminal."""
+    header = f"{'policy':<14}{'parameter':>11}{'accuracy':>10}{'strong tok/q':>14}{'c(pi)':>8}{'PGR':>8}{'esc/q':>8}{'cap binds':>11}"
+    lines = [header, "-" * len(header)]
+    for point in points:
+        parameter = point.get("parameter")
+        lines.append(
+            f"{point['policy']:<14}{'' if parameter is None else f'{parameter:g}':>11}{point['accuracy']:>10.3f}"
+            f"{point['strong_tokens_per_query']:>14.1f}{point['normalized_cost']:>8.3f}{point['pgr']:>8.3f}"
+            f"{point.get('escalations_per_query', float('nan')):>8.2f}{point.get('cap_binding_rate', float('nan')):>11.2f}"
+        )
+    return "\n".join(lines)
