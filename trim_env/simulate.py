@@ -449,8 +449,7 @@ class SimulatedTrees(RolloutTrees):
 
     def to_cached(self) -> RolloutTrees:
         """Freeze into plain :class:`RolloutTrees`, nodes grouped by query in breadth-first order."""
-        live = self.expanded | self.terminal
-        if not live[self.weak_child[self.expanded]].all():
+        if not (self.expanded | self.terminal).all():
             raise RuntimeError("to_cached() needs fully expanded trees")
         order = np.lexsort((np.arange(self.num_nodes), self.depth, self.query))
         new_id = np.empty(self.num_nodes + 1, dtype=np.int32)
@@ -490,11 +489,12 @@ class SimulatedTrees(RolloutTrees):
 
         Without a node budget, breadth-first: every node with fewer than K strong steps on its path
         gets a strong child. With a budget, the weak-only path comes first; then strong branches
-        are opened in rising order of the proposal's PRM score (the steps a router is most likely to
-        regenerate first), each completed with weak steps to the end, until the query's tree holds
-        ``node_budget`` nodes. The PRM level reached is recorded per query in
-        :attr:`strong_branch_cutoff`: every proposal scoring below it has a strong child (unless
-        its path already holds K strong steps).
+        are opened level by level of the proposal's PRM score (0.02 wide; the steps a router is
+        most likely to regenerate first), each completed with weak steps to the end, until the
+        query's tree holds ``node_budget`` nodes. The budget is soft: the level under way is
+        finished for the query, so a tree can end larger. The last completed level is recorded per
+        query in :attr:`strong_branch_cutoff`: a router that regenerates only proposals scoring
+        below it never meets a missing strong child (short of the cap K).
         """
         self._complete(self.root)
         self.strong_branch_cutoff = np.full(self.num_queries, np.inf, dtype=np.float32)

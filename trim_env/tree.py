@@ -113,8 +113,9 @@ class RolloutTrees:
     strong_only_correct: np.ndarray
     strong_only_tokens: np.ndarray
     strong_only_steps: np.ndarray
-    #: Per query: every proposal scoring below this PRM level has a strong child (unless its path
-    #: holds K strong steps); +inf when no node budget limited the tree. ``None`` means +inf.
+    #: Per query: a router that regenerates only proposals scoring below this PRM level never meets
+    #: a missing strong child (short of the cap K); +inf when no node budget limited the tree.
+    #: ``None`` means +inf.
     strong_branch_cutoff: np.ndarray | None = None
     step_text: list[str | None] | None = None
     problem: list[str | None] | None = None
@@ -493,7 +494,12 @@ def content_digest(trees: RolloutTrees) -> str:
             continue
         digest.update(np.ascontiguousarray(getattr(trees, name)).tobytes())
     digest.update(np.rint(trees.step_prm.astype(np.float64) * 1e5).astype(np.int64).tobytes())
-    for name in ("root", "level", "weak_only_correct", "weak_only_tokens", "strong_only_correct", "strong_only_tokens"):
-        digest.update(np.ascontiguousarray(getattr(trees, name)).tobytes())
+    for name in QUERY_COLUMNS:
+        if name in ("query_id", "problem", "answer"):
+            continue
+        values = np.asarray(getattr(trees, name))
+        if values.dtype.kind == "f":
+            values = np.rint(values.astype(np.float64) * 1e5)  # inf (no cutoff) stays inf
+        digest.update(np.ascontiguousarray(values).tobytes())
     digest.update("\n".join(trees.query_id).encode())
     return digest.hexdigest()
