@@ -4,6 +4,7 @@ Examples::
 
     python scripts/evaluate.py policy=thr 'policy.thresholds=[0,0.05,1]' data.path=DIR hydra.run.dir=OUT
     python scripts/evaluate.py policy=thr data.preset=math500-qwen1.5b-7b data.seed=1 data.n_queries=500
+    python scripts/evaluate.py policy=router policy.path=OUT/router data.path=DIR
 
 The weak-only and strong-only anchors of the split are always included as points.
 """
@@ -20,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from agents import load_router  # noqa: E402
 from trim_env.data import load_trees  # noqa: E402
-from trim_env.evaluation import anchor_points, format_table, make_point, reference, run_thresholds  # noqa: E402
+from trim_env.evaluation import anchor_points, format_table, make_point, reference, run_episodes, run_thresholds  # noqa: E402
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -38,8 +40,12 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             raise ValueError(f"policy.thresholds = {thresholds} must be a non-empty list of numbers >= 0")
         for threshold, outcomes in zip(thresholds, run_thresholds(trees, thresholds)):
             points.append(make_point("thr", threshold, outcomes, anchors))
+    elif name == "router":
+        router = load_router(cfg.policy.path)
+        label = f"router:{router.config['policy']}"  # type: ignore[attr-defined]
+        points.append(make_point(label, router.config.get("lambda"), run_episodes(trees, router), anchors))  # type: ignore[attr-defined]
     else:
-        raise ValueError(f"unknown policy.name {name!r}; scripts/evaluate.py knows: thr")
+        raise ValueError(f"unknown policy.name {name!r}; scripts/evaluate.py knows: thr, router")
     return points
 
 

@@ -26,8 +26,8 @@ start an episode: :meth:`StepRoutingEnv.reset` plays it weak-only, reports it un
 :data:`~trim_env.features.AGG_FEATURES`; ``"seq"`` is a ``(30, 4)`` array of the steps so far plus
 the proposal, channels :data:`~trim_env.features.SEQ_CHANNELS`. Both equal
 :func:`~trim_env.features.agg_features` / :func:`~trim_env.features.seq_features` at the current
-node exactly, except that token channels are clipped at :data:`TOKEN_FEATURE_HIGH`
-(= 10,000 tokens) to keep the observation space bounded.
+node exactly (token channels are clipped at
+:data:`~trim_env.features.TOKEN_FEATURE_HIGH` = 10,000 tokens to keep the space bounded).
 
 **Query order.** Deterministic: the env keeps a permutation of its queries (shuffled by the seed
 unless ``shuffle=False``) and walks through it cyclically, one query per ``reset``.
@@ -54,13 +54,11 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, STRONG_STEP_SCALE, TOKEN_SCALE
+from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, STRONG_STEP_SCALE, TOKEN_FEATURE_HIGH, TOKEN_SCALE
 from trim_env.tree import MAX_STEPS, RolloutTrees
 
 #: Default cost unit: the regenerate penalty is ``lam`` per this many strong tokens.
 DEFAULT_COST_UNIT_TOKENS = 10.0
-#: Upper bound of the token channels (tokens / TOKEN_SCALE); longer steps are clipped to it.
-TOKEN_FEATURE_HIGH = 100.0
 OBSERVATIONS = ("agg", "seq")
 ACTION_CONTINUE, ACTION_REGENERATE = 0, 1
 

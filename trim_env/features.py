@@ -5,8 +5,9 @@ prefix (strong rewrites included) and of the weak step just proposed. It never s
 rewrite's length or outcome, the hidden state or the final answer.
 
 Scaling (fixed, so exported routers need no statistics): PRM scores are in [0, 1] as they are;
-token counts are divided by :data:`TOKEN_SCALE`; the step index by :data:`MAX_STEPS`; strong steps
-used by :data:`STRONG_STEP_SCALE`.
+token counts are divided by :data:`TOKEN_SCALE` and clipped at :data:`TOKEN_FEATURE_HIGH` (10,000
+tokens, to keep observation spaces bounded); the step index is divided by :data:`MAX_STEPS`;
+strong steps used by :data:`STRONG_STEP_SCALE`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from trim_env.tree import MAX_STEPS, RolloutTrees
 
 TOKEN_SCALE = 100.0
+TOKEN_FEATURE_HIGH = 100.0
 STRONG_STEP_SCALE = 5.0
 
 #: Columns of the aggregate (TRIM-Agg) observation, in order.
@@ -40,7 +42,7 @@ def agg_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
     out = np.empty((len(nodes), len(AGG_FEATURES)), dtype=np.float32)
     out[:, 0] = trees.step_prm[proposal]
     out[:, 1] = trees.path_min_prm[nodes]
-    out[:, 2] = trees.step_tokens[proposal] / TOKEN_SCALE
+    out[:, 2] = np.minimum(trees.step_tokens[proposal] / TOKEN_SCALE, TOKEN_FEATURE_HIGH)
     out[:, 3] = (trees.depth[nodes] + 1) / MAX_STEPS
     out[:, 4] = trees.strong_steps[nodes] / STRONG_STEP_SCALE
     out[:, 5] = trees.step_prm[nodes]  # the root's "step" score is 1.0 by convention
@@ -56,7 +58,12 @@ def seq_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
     proposal = trees.weak_child[nodes]
     row = trees.depth[nodes].astype(np.int64)
     out[batch, row] = np.stack(
-        [trees.step_prm[proposal], trees.step_tokens[proposal] / TOKEN_SCALE, np.zeros(len(nodes)), np.ones(len(nodes))],
+        [
+            trees.step_prm[proposal],
+            np.minimum(trees.step_tokens[proposal] / TOKEN_SCALE, TOKEN_FEATURE_HIGH),
+            np.zeros(len(nodes)),
+            np.ones(len(nodes)),
+        ],
         axis=1,
     )
     current = nodes.copy()
@@ -68,7 +75,7 @@ def seq_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
         out[at, trees.depth[step_node].astype(np.int64) - 1] = np.stack(
             [
                 trees.step_prm[step_node],
-                trees.step_tokens[step_node] / TOKEN_SCALE,
+                np.minimum(trees.step_tokens[step_node] / TOKEN_SCALE, TOKEN_FEATURE_HIGH),
                 trees.step_is_strong[step_node],
                 np.ones(len(step_node)),
             ],

@@ -1,0 +1,75 @@
+"""Plain-torch networks of the learned routers, shared by training (SB3) and exported routers.
+
+Nothing here imports stable-baselines3, so an exported router loads with torch alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class SeqEncoder(nn.Module):
+    """A small transformer encoder over the padded step sequence (TRIM-Seq).
+
+    Input ``(B, T, 4)`` with channels (prm, tokens, is_strong, mask); each valid step is embedded
+    from its three values plus a learned position embedding, encoded with padding masked out, and
+    read out as the last valid row (the proposed step) concatenated with the masked mean.
+
+    :param max_steps: sequence length T.
+    :param d_model: width of the embeddings.
+    :param n_layers: transformer layers.
+    :param n_heads: attention heads.
+    :param ff_dim: width of the feed-forward layers.
+    """
+
+    def __init__(self, max_steps: int = 30, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, d_model)
+        self.position = nn.Parameter(torch.zeros(max_steps, d_model))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=ff_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.output_dim = 2 * d_model
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        valid = observations[..., 3] > 0.5
+        valid[:, 0] = True  # a row of pure padding would make attention undefined
+        hidden = self.embed(observations[..., :3]) + self.position
+        hidden = self.encoder(hidden, src_key_padding_mask=~valid)
+        weights = valid.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * weights).sum(1) / weights.sum(1)
+        last = valid.long().sum(1) - 1
+        proposal = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return torch.cat([proposal, mean], dim=-1)
+
+
+def mlp(input_dim: int, hidden: list[int], activation: str) -> nn.Sequential:
+    """``Linear -> activation`` blocks, laid out like SB3's ``MlpExtractor`` so weights transfer."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(input_dim, width), ACTIVATIONS[activation]()]
+        input_dim = width
+    return nn.Sequential(*layers)
+
+
+class ActorNetwork(nn.Module):
+    """Observation -> action logits: encoder (flatten or :class:`SeqEncoder`), MLP, linear head."""
+
+    def __init__(self, observation: str, observation_dim: int, hidden: list[int], activation: str, seq: dict | None = None) -> None:
+        super().__init__()
+        if observation == "seq":
+            self.encoder: nn.Module = SeqEncoder(**(seq or {}))
+            features = self.encoder.output_dim
+        else:
+            self.encoder = nn.Flatten()
+            features = observation_dim
+        self.policy_net = mlp(features, hidden, activation)
+        self.action_net = nn.Linear(hidden[-1] if hidden else features, 2)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.action_net(self.policy_net(self.encoder(observations)))

@@ -1,0 +1,275 @@
+"""TRIM-Agg and TRIM-Seq: PPO routers trained on the step-routing environment.
+
+One path from settings to an exported router: build vectorised envs over the training queries,
+train stable-baselines3 PPO (MLP actor-critic over the Agg features, or a transformer feature
+extractor over the Seq sequence), evaluate the deterministic policy on a held-out validation part
+of the training split at regular intervals, keep the best checkpoint by
+``accuracy − λ · cost`` (the env's own return), and export its actor.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from agents.export import ActorRouter
+from agents.extractors import SeqTransformerExtractor
+from agents.networks import ActorNetwork
+from trim_env.env import StepRoutingEnv
+from trim_env.evaluation import DecisionBatch, run_episodes
+from trim_env.tree import RolloutTrees
+
+
+@dataclass
+class PPOSettings:
+    """PPO settings for routing (short undiscounted episodes)."""
+
+    #: Environment steps (routing decisions) to train for.
+    total_timesteps: int = 150_000
+    #: Parallel environments, each walking the training queries in its own seeded order.
+    n_envs: int = 8
+    #: ``dummy`` (one process) or ``subproc`` (one process per env).
+    vec_env: str = "dummy"
+    #: Steps per env per rollout.
+    n_steps: int = 256
+    batch_size: int = 256
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    #: No discounting: the reward for the answer arrives at the end of a short episode.
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    #: Entropy bonus, decayed linearly from start to end over training.
+    ent_coef_start: float = 0.02
+    ent_coef_end: float = 0.0
+    #: Evaluate on the validation queries every this many steps.
+    eval_every: int = 10_000
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PPOSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ppo setting(s) {unknown}; known: {sorted(known)}")
+        settings = cls(**values)
+        if settings.vec_env not in ("dummy", "subproc"):
+            raise ValueError(f"ppo.vec_env = {settings.vec_env!r} must be 'dummy' or 'subproc'")
+        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every"):
+            if getattr(settings, name) < 1:
+                raise ValueError(f"ppo.{name} = {getattr(settings, name)} must be at least 1")
+        return settings
+
+
+@dataclass
+class PolicySpec:
+    """Network shape of a learned router."""
+
+    observation: str = "agg"
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    #: SeqEncoder settings (``observation == "seq"`` only).
+    seq: dict[str, int] = field(default_factory=dict)
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "net_arch": {"pi": list(self.hidden), "vf": list(self.hidden)},
+            "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[self.activation],
+        }
+        if self.observation == "seq":
+            kwargs["features_extractor_class"] = SeqTransformerExtractor
+            kwargs["features_extractor_kwargs"] = dict(self.seq)
+        return kwargs
+
+
+@dataclass
+class TrainResult:
+    """A trained router and what happened during training."""
+
+    model: PPO
+    actor: ActorNetwork
+    history: list[dict[str, float]]
+    best: dict[str, float]
+    wall_time_s: float
+    env_steps: int
+
+
+def validation_objective(correct: np.ndarray, strong_tokens: np.ndarray, lam: float, cost_unit_tokens: float) -> float:
+    """Mean episode return of the env: accuracy − λ · strong tokens / cost unit."""
+    return float(np.mean(correct) - lam * np.mean(strong_tokens) / cost_unit_tokens)
+
+
+def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNetwork:
+    """Copy the SB3 policy's actor path (extractor, policy MLP, action head) into a plain network."""
+    actor = ActorNetwork(spec.observation, observation_dim, list(spec.hidden), spec.activation, spec.seq or None)
+    policy = model.policy
+    if spec.observation == "seq":
+        actor.encoder.load_state_dict(policy.pi_features_extractor.encoder.state_dict())
+    actor.policy_net.load_state_dict(policy.mlp_extractor.policy_net.state_dict())
+    actor.action_net.load_state_dict(policy.action_net.state_dict())
+    return actor.eval()
+
+
+class _PolicyDecider:
+    """The SB3 policy's deterministic action, for the batch evaluator."""
+
+    def __init__(self, model: PPO, observation: str) -> None:
+        self.model = model
+        self.observation = observation
+
+    def decide(self, batch: DecisionBatch) -> np.ndarray:
+        observations = batch.agg() if self.observation == "agg" else batch.seq()
+        actions, _ = self.model.policy.predict(observations, deterministic=True)
+        return actions
+
+
+class _TrainingCallback(BaseCallback):
+    """Entropy schedule, periodic validation with best-checkpoint keeping, and metric hooks."""
+
+    def __init__(
+        self,
+        settings: PPOSettings,
+        validation: RolloutTrees,
+        observation: str,
+        lam: float,
+        cost_unit_tokens: float,
+        log: Callable[[dict[str, float], int], None] | None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.validation = validation
+        self.observation = observation
+        self.lam = lam
+        self.cost_unit_tokens = cost_unit_tokens
+        self.log = log
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {"objective": -np.inf}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.next_eval = 0
+        self.started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        progress = min(1.0, self.num_timesteps / self.settings.total_timesteps)
+        self.model.ent_coef = self.settings.ent_coef_start + (self.settings.ent_coef_end - self.settings.ent_coef_start) * progress
+        if self.num_timesteps >= self.next_eval:
+            self.next_eval += self.settings.eval_every
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        self.evaluate()
+
+    def evaluate(self) -> None:
+        outcomes = run_episodes(self.validation, _PolicyDecider(self.model, self.observation))
+        record = {
+            "timesteps": float(self.num_timesteps),
+            "validation/objective": validation_objective(outcomes.correct, outcomes.strong_tokens, self.lam, self.cost_unit_tokens),
+            "validation/accuracy": float(outcomes.correct.mean()),
+            "validation/strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
+            "validation/escalations_per_query": float(outcomes.escalations.mean()),
+            "env_steps_per_s": self.num_timesteps / max(time.perf_counter() - self.started, 1e-9),
+        }
+        self.history.append(record)
+        if record["validation/objective"] > self.best["objective"]:
+            self.best = {"objective": record["validation/objective"], **record}
+            self.best_state = copy.deepcopy(self.model.policy.state_dict())
+        if self.log is not None:
+            logged = dict(record)
+            for key in ("train/entropy_loss", "train/value_loss", "train/approx_kl", "rollout/ep_rew_mean"):
+                value = self.model.logger.name_to_value.get(key)
+                if value is not None:
+                    logged[key] = float(value)
+            self.log(logged, self.num_timesteps)
+
+
+def make_vec_env(
+    trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings
+) -> VecEnv:
+    """``n_envs`` copies of the env over ``queries``, each shuffling them with its own seed."""
+
+    def factory(rank: int) -> Callable[[], StepRoutingEnv]:
+        return lambda: StepRoutingEnv(
+            trees, observation=observation, lam=lam, cost_unit_tokens=cost_unit_tokens, seed=seed * 1000 + rank, queries=queries
+        )
+
+    factories = [factory(rank) for rank in range(settings.n_envs)]
+    return SubprocVecEnv(factories) if settings.vec_env == "subproc" else DummyVecEnv(factories)
+
+
+def train_router(
+    trees: RolloutTrees,
+    train_queries: np.ndarray,
+    validation: RolloutTrees,
+    spec: PolicySpec,
+    settings: PPOSettings,
+    lam: float,
+    cost_unit_tokens: float,
+    seed: int,
+    progress_bar: bool = True,
+    log: Callable[[dict[str, float], int], None] | None = None,
+) -> TrainResult:
+    """Train a PPO router on ``train_queries`` of ``trees`` and return its best checkpoint.
+
+    :param trees: the training split.
+    :param train_queries: query indices of ``trees`` to train on (the rest is validation).
+    :param validation: the validation queries as their own trees (for the batch evaluator).
+    :param spec: network shape and observation kind.
+    :param settings: PPO settings.
+    :param lam: cost weight λ (per ``cost_unit_tokens`` strong tokens).
+    :param cost_unit_tokens: the env's cost unit.
+    :param seed: seeds torch, numpy, PPO and the envs.
+    :param progress_bar: show a progress bar.
+    :param log: called with a dict of metrics and the step count at every validation.
+    """
+    set_random_seed(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    env = make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=settings.learning_rate,
+        n_steps=settings.n_steps,
+        batch_size=settings.batch_size,
+        n_epochs=settings.n_epochs,
+        gamma=settings.gamma,
+        gae_lambda=settings.gae_lambda,
+        clip_range=settings.clip_range,
+        ent_coef=settings.ent_coef_start,
+        vf_coef=settings.vf_coef,
+        max_grad_norm=settings.max_grad_norm,
+        policy_kwargs=spec.policy_kwargs(),
+        seed=seed,
+        device=settings.device,
+        verbose=0,
+    )
+    callback = _TrainingCallback(settings, validation, spec.observation, lam, cost_unit_tokens, log)
+    started = time.perf_counter()
+    model.learn(total_timesteps=settings.total_timesteps, callback=CallbackList([callback]), progress_bar=progress_bar)
+    wall_time = time.perf_counter() - started
+    env.close()
+    if callback.best_state is not None:
+        model.policy.load_state_dict(callback.best_state)
+    observation_dim = int(np.prod(env.observation_space.shape))
+    return TrainResult(
+        model=model,
+        actor=extract_actor(model, spec, observation_dim),
+        history=callback.history,
+        best=callback.best,
+        wall_time_s=wall_time,
+        env_steps=int(model.num_timesteps),
+    )
+
+
+def actor_router(result: TrainResult, spec: PolicySpec) -> ActorRouter:
+    return ActorRouter(result.actor, spec.observation)
