@@ -80,7 +80,12 @@ def _load_actor(directory: Path, config: dict[str, Any]) -> Router:
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path}: missing; the router directory is incomplete")
-    network.load_state_dict(load_file(str(weights_path)))
+    try:
+        network.load_state_dict(load_file(str(weights_path)))
+    except RuntimeError as error:
+        raise ValueError(
+            f"{weights_path}: weights do not fit the network in {directory / CONFIG_FILE} (field network = {network_config}): {error}"
+        ) from error
     return ActorRouter(network, config["observation"])
 
 

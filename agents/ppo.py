@@ -56,6 +56,9 @@ class PPOSettings:
     #: Evaluate on the validation queries every this many steps.
     eval_every: int = 10_000
     device: str = "cpu"
+    #: Torch threads. One is fastest for these small networks on a 2-core machine; more threads
+    #: wait on each other whenever another process holds a core.
+    torch_threads: int = 1
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PPOSettings:
@@ -66,7 +69,7 @@ class PPOSettings:
         settings = cls(**values)
         if settings.vec_env not in ("dummy", "subproc"):
             raise ValueError(f"ppo.vec_env = {settings.vec_env!r} must be 'dummy' or 'subproc'")
-        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every"):
+        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "torch_threads"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"ppo.{name} = {getattr(settings, name)} must be at least 1")
         return settings
@@ -233,7 +236,7 @@ def train_router(
     :param log: called with a dict of metrics and the step count at every validation.
     """
     set_random_seed(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(settings.torch_threads)
     env = make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings)
     model = PPO(
         "MlpPolicy",
