@@ -419,7 +419,7 @@ def test_sweep_file_renders_a_runnable_command():
     assert sweep["program"] == "train.py" and sweep["method"] == "grid"
     assert sweep["command"] == ["${env}", "python", "${program}", "${args_no_hyphens}"]
     parameters = sweep["parameters"]
-    assert parameters["lambda"]["values"] == [0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05]
+    assert parameters["lambda"]["values"] == [0.002, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025]
     assert parameters["seed"]["values"] == [0, 1, 2] and parameters["policy"]["values"] == ["agg", "seq"]
 
     chosen = {"lambda": 0.01, "policy": "agg", "seed": 1}
