@@ -108,12 +108,21 @@ class _ThresholdGrid:
         return batch.proposal_prm < self.thresholds[batch.episodes // self.n_queries]
 
 
+def run_grid(trees: RolloutTrees, policy: BatchPolicy, n_settings: int) -> list[Outcomes]:
+    """Several settings of one policy in a single batch run; one :class:`Outcomes` per setting.
+
+    Every query is played once per setting; ``policy`` reads the setting of episode ``e`` as
+    ``e // trees.num_queries``.
+    """
+    n = trees.num_queries
+    outcomes = run_episodes(trees, policy, np.tile(np.arange(n), n_settings))
+    return [outcomes.select(slice(i * n, (i + 1) * n)) for i in range(n_settings)]  # type: ignore[arg-type]
+
+
 def run_thresholds(trees: RolloutTrees, thresholds: np.ndarray | list[float]) -> list[Outcomes]:
     """TRIM-Thr (regenerate when the proposed step's PRM score < k) for every k, in one batch run."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    n = trees.num_queries
-    outcomes = run_episodes(trees, _ThresholdGrid(thresholds, n), np.tile(np.arange(n), len(thresholds)))
-    return [outcomes.select(slice(i * n, (i + 1) * n)) for i in range(len(thresholds))]  # type: ignore[arg-type]
+    return run_grid(trees, _ThresholdGrid(thresholds, trees.num_queries), len(thresholds))
 
 
 def reference(trees: RolloutTrees) -> metrics.Reference:

