@@ -113,7 +113,11 @@ def summarize_method(points: list[dict[str, Any]], reference: metrics.Reference)
     per_seed = {}
     for seed, group in sorted(by_seed(points).items()):
         accuracy, tokens = _with_anchors(group, reference)
-        per_seed[seed] = metrics.summarize_frontier(accuracy, tokens, reference).__dict__
+        summary = metrics.summarize_frontier(accuracy, tokens, reference).__dict__
+        # The anchors shape the envelope (CPT, APGR) but are not the method's own operating points.
+        own_accuracy, own_tokens = accuracy[2:], tokens[2:]
+        summary["mean_delta_ibc"] = metrics.mean_delta_ibc(own_accuracy, own_tokens, reference)
+        per_seed[seed] = summary
     keys = ("cpt50", "cpt80", "cpt95", "apgr", "mean_delta_ibc")
     summary: dict[str, Any] = {"n_points": len(points), "seeds": sorted(per_seed), "per_seed": per_seed}
     for key in keys:
