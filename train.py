@@ -109,8 +109,33 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "env_steps": result.env_steps,
             "env_steps_per_s": result.env_steps / max(result.wall_time_s, 1e-9),
         }
+    elif cfg.policy.name == "pomdp":
+        # Fits on the training part of train (cached across λ), solves for λ; no environment steps.
+        from hydra.utils import to_absolute_path  # noqa: PLC0415
+
+        from agents.pomdp.router import FitSettings, export_router, fit_or_load, solve_router  # noqa: PLC0415
+        from agents.ppo import validation_objective  # noqa: PLC0415
+
+        cache_dir = cfg.policy.model_cache_dir
+        model, fit_time, from_cache = fit_or_load(
+            train_trees, train_queries, FitSettings.from_config(cfg.policy), f"{manifest_hash}/{cfg.data.train_split}",
+            None if cache_dir is None else to_absolute_path(str(cache_dir)),
+        )
+        cap = train_trees.max_strong_steps if cfg.policy.max_strong_steps == "data" else cfg.policy.max_strong_steps
+        router = solve_router(model, lam, cost_unit, str(cfg.policy.filter), int(cfg.policy.grid_size), cap)
+        export_router(router_dir, router, common)
+        outcomes = run_episodes(validation, router)
+        extra = {
+            "validation_objective": validation_objective(outcomes.correct, outcomes.strong_tokens, lam, cost_unit),
+            "train_wall_time_s": fit_time + router.policy.solve_time_s,
+            "env_steps": 0,
+            "solve_time_s": router.policy.solve_time_s,
+            "fit_time_s": fit_time,
+            "model_from_cache": from_cache,
+            "solver_error_bound": router.policy.error_bound,
+        }
     else:
-        raise ValueError(f"unknown policy.name {cfg.policy.name!r}; train.py trains agg, seq and thr")
+        raise ValueError(f"unknown policy.name {cfg.policy.name!r}; train.py trains agg, seq, thr and pomdp")
 
     router = load_router(router_dir)  # evaluate exactly what was exported
     point = make_point(cfg.policy.name, lam, run_episodes(test_trees, router), reference(test_trees))
