@@ -12,6 +12,8 @@ strong steps used by :data:`STRONG_STEP_SCALE`.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from trim_env.tree import MAX_STEPS, RolloutTrees
@@ -82,4 +84,43 @@ def seq_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
             axis=1,
         )
         current[has_step] = trees.parent[step_node]
+    return out
+
+
+def observation_from_steps(
+    steps: Sequence[tuple[float, int, bool]], proposal_prm: float, proposal_tokens: int, kind: str = "agg"
+) -> np.ndarray:
+    """One decision's observation from the steps written so far, for routing outside a tree (live).
+
+    Equals :func:`agg_features` / :func:`seq_features` at the tree node whose prefix is ``steps``
+    and whose weak proposal has score ``proposal_prm`` and ``proposal_tokens`` tokens.
+
+    :param steps: the prefix's steps in order, each (PRM score, tokens, written by the strong model).
+    :param proposal_prm: PRM score of the proposed weak step.
+    :param proposal_tokens: tokens of the proposed weak step.
+    :param kind: ``"agg"`` (shape ``(7,)``) or ``"seq"`` (shape ``(MAX_STEPS, 4)``).
+    """
+    if len(steps) >= MAX_STEPS:
+        raise ValueError(f"{len(steps)} steps written: a decision needs a prefix shorter than MAX_STEPS = {MAX_STEPS}")
+    tokens = min(proposal_tokens / TOKEN_SCALE, TOKEN_FEATURE_HIGH)
+    if kind == "agg":
+        previous_prm, _, previous_strong = steps[-1] if steps else (1.0, 0, False)
+        return np.array(
+            (
+                proposal_prm,
+                min((prm for prm, _, _ in steps), default=1.0),
+                tokens,
+                (len(steps) + 1) / MAX_STEPS,
+                sum(is_strong for _, _, is_strong in steps) / STRONG_STEP_SCALE,
+                previous_prm,
+                previous_strong,
+            ),
+            dtype=np.float32,
+        )
+    if kind != "seq":
+        raise ValueError(f"kind = {kind!r} must be 'agg' or 'seq'")
+    out = np.zeros((MAX_STEPS, len(SEQ_CHANNELS)), dtype=np.float32)
+    for row, (prm, step_tokens, is_strong) in enumerate(steps):
+        out[row] = (prm, min(step_tokens / TOKEN_SCALE, TOKEN_FEATURE_HIGH), is_strong, 1.0)
+    out[len(steps)] = (proposal_prm, tokens, 0.0, 1.0)
     return out

