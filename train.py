@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from agents.export import load_router, write_router
 from agents.tracking import make_tracker
 from trim_env.data import load_trees
-from trim_env.evaluation import anchor_points, format_table, make_point, reference, run_episodes, run_thresholds
+from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds, write_results
 from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
@@ -149,9 +149,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     results = train(cfg, out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results["points"]))
-    print(f"\nwrote {out / 'results.json'} and {out / 'router'}")
+    write_results(out, results["config"], results["points"])
 
 
 if __name__ == "__main__":

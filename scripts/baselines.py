@@ -12,7 +12,6 @@ first), so ``scripts/frontier.py`` gathers them together with ``thr`` and traine
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agents.baselines.suite import baseline_points, check_methods, fit_query_routers  # noqa: E402
 from trim_env.data import load_trees  # noqa: E402
-from trim_env.evaluation import anchor_points, format_table  # noqa: E402
+from trim_env.evaluation import anchor_points, write_results  # noqa: E402
 from trim_env.simulate import SimulatedTrees, SimulatorParams  # noqa: E402
 from trim_env.tree import RolloutTrees  # noqa: E402
 
@@ -54,12 +53,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 @hydra.main(config_path="../conf", config_name="baselines", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     points = evaluate(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
-    (out / "results.json").write_text(
-        json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "points": points}, indent=2) + "\n"
-    )
-    print(format_table(points))
-    print(f"\nwrote {out / 'results.json'}")
+    write_results(HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True), points)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ The weak-only and strong-only anchors of the split are always included as points
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agents import load_router  # noqa: E402
 from trim_env.data import load_trees  # noqa: E402
-from trim_env.evaluation import anchor_points, format_table, make_point, reference, run_episodes, run_thresholds  # noqa: E402
+from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds, write_results  # noqa: E402
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -52,12 +51,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     points = evaluate(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
-    (out / "results.json").write_text(
-        json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "points": points}, indent=2) + "\n"
-    )
-    print(format_table(points))
-    print(f"\nwrote {out / 'results.json'}")
+    write_results(HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True), points)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ environment, which does not ask there.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -188,3 +190,12 @@ def format_table(points: list[dict]) -> str:
             f"{point.get('escalations_per_query', float('nan')):>8.2f}{point.get('cap_binding_rate', float('nan')):>11.2f}"
         )
     return "\n".join(lines)
+
+
+def write_results(directory: str | Path, config: dict[str, Any], points: list[dict]) -> Path:
+    """Write ``results.json`` = ``{"config", "points"}`` to ``directory``, print the table; returns the file."""
+    path = Path(directory) / "results.json"
+    path.write_text(json.dumps({"config": config, "points": points}, indent=2) + "\n")
+    print(format_table(points))
+    print(f"\nwrote {path}")
+    return path
