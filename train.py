@@ -25,8 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.export import load_router, write_router
 from agents.tracking import make_tracker
-from trim_env.data import load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds, write_results
+from trim_env.data import default_dataset_dir, load_trees
+from trim_env.evaluation import (
+    anchor_points,
+    make_point,
+    reference,
+    run_episodes,
+    run_thresholds,
+    validation_objective,
+    write_results,
+)
 from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
@@ -44,8 +52,6 @@ def split_validation(trees: RolloutTrees, fraction: float) -> tuple[np.ndarray, 
 
 def choose_threshold(validation: RolloutTrees, thresholds: list[float], lam: float, cost_unit_tokens: float) -> tuple[float, float]:
     """The threshold with the best validation return, and that return."""
-    from agents.ppo import validation_objective  # noqa: PLC0415  (shared definition of the objective)
-
     scores = [
         validation_objective(o.correct, o.strong_tokens, lam, cost_unit_tokens) for o in run_thresholds(validation, thresholds)
     ]
@@ -60,13 +66,9 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if cfg.data.preset is not None:
         raise ValueError("train.py trains on cached trees: give data.path (or nothing for the default data), not data.preset")
     cost_unit = float(cfg.env.cost_unit_tokens)
-    train_trees = load_trees(path=cfg.data.path, split=cfg.data.train_split)
-    test_trees = load_trees(path=cfg.data.path, split=cfg.data.split)
-    data_dir = cfg.data.path
-    if data_dir is None:
-        from trim_env.data import default_dataset_dir  # noqa: PLC0415
-
-        data_dir = default_dataset_dir()
+    data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
+    train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split)
+    test_trees = load_trees(path=str(data_dir), split=cfg.data.split)
     manifest_hash = read_manifest(data_dir)["content_hash"]
     train_queries, validation_queries = split_validation(train_trees, float(cfg.validation_fraction))
     validation = train_trees.subset(validation_queries)
@@ -114,7 +116,6 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         from hydra.utils import to_absolute_path  # noqa: PLC0415
 
         from agents.pomdp.router import FitSettings, export_router, fit_or_load, solve_router  # noqa: PLC0415
-        from agents.ppo import validation_objective  # noqa: PLC0415
 
         cache_dir = cfg.policy.model_cache_dir
         model, fit_time, from_cache = fit_or_load(

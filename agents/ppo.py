@@ -25,7 +25,7 @@ from agents.export import ActorRouter
 from agents.extractors import SeqTransformerExtractor
 from agents.networks import ActorNetwork
 from trim_env.env import StepRoutingEnv
-from trim_env.evaluation import DecisionBatch, run_episodes
+from trim_env.evaluation import DecisionBatch, run_episodes, validation_objective
 from trim_env.tree import RolloutTrees
 
 
@@ -106,11 +106,6 @@ class TrainResult:
     best: dict[str, float]
     wall_time_s: float
     env_steps: int
-
-
-def validation_objective(correct: np.ndarray, strong_tokens: np.ndarray, lam: float, cost_unit_tokens: float) -> float:
-    """Mean episode return of the env: accuracy − λ · strong tokens / cost unit."""
-    return float(np.mean(correct) - lam * np.mean(strong_tokens) / cost_unit_tokens)
 
 
 def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNetwork:

@@ -126,7 +126,7 @@ def measure_trees(trees: Any, thresholds: np.ndarray) -> SimulatedFigures:
     anchors = split_reference(trees)
     outcomes = run_thresholds(trees, thresholds)
     # Weak-only solution's minimum and last step score, as a query-level router would see them.
-    weak_final = outcomes[0].final_node if thresholds[0] <= 0 else _weak_only_final(trees)
+    weak_final = (outcomes[0] if thresholds[0] <= 0 else run_thresholds(trees, [0.0])[0]).final_node
     weak_correct = trees.weak_only_correct
     level = np.asarray(trees.level)
     return SimulatedFigures(
@@ -144,16 +144,6 @@ def measure_trees(trees: Any, thresholds: np.ndarray) -> SimulatedFigures:
         level_auroc=metrics.auroc(-level, weak_correct),
         level_accuracy=np.array([weak_correct[level == k].mean() if (level == k).any() else np.nan for k in range(1, 6)]),
     )
-
-
-def _weak_only_final(trees: Any) -> np.ndarray:
-    node = trees.root.astype(np.int64).copy()
-    active = np.arange(len(node))
-    while active.size:
-        trees.expand(node[active])
-        node[active] = trees.weak_child[node[active]]
-        active = active[~trees.terminal[node[active]]]
-    return node
 
 
 # Parameters the least-squares fit moves, with the transform that keeps each in its domain.

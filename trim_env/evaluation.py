@@ -150,6 +150,11 @@ def summarize(outcomes: Outcomes, anchors: metrics.Reference) -> dict[str, float
     }
 
 
+def validation_objective(correct: np.ndarray, strong_tokens: np.ndarray, lam: float, cost_unit_tokens: float) -> float:
+    """Mean episode return of the env: accuracy − λ · strong tokens / cost unit (checkpoint choice)."""
+    return float(np.mean(correct) - lam * np.mean(strong_tokens) / cost_unit_tokens)
+
+
 def make_point(policy: str, parameter: float | None, outcomes: Outcomes, anchors: metrics.Reference) -> dict:
     """A ``results.json`` point: the policy, its parameter and :func:`summarize` figures."""
     return {"policy": policy, "parameter": parameter, **summarize(outcomes, anchors)}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trim_env.sources.grading import grade
+
 
 @dataclass
 class RealSolutions:
@@ -42,18 +44,6 @@ class RealSolutions:
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.correct))
-
-
-def grade(prediction: str, answer: str) -> bool:
-    """math-verify's verdict on a model's output against the reference answer (LaTeX, without ``$``).
-
-    :param prediction: the model's completion (its ``\\boxed{}`` answer is extracted).
-    :param answer: the reference answer.
-    """
-    from math_verify import parse, verify  # optional dependency: only the real-data check grades
-
-    # Wrapped in $…$ so that math-verify reads the reference as LaTeX rather than as plain text.
-    return bool(verify(parse(f"${answer}$"), parse(prediction)))
 
 
 def load_real_solutions(path: str | Path, levels: dict[str, int] | None = None) -> RealSolutions:
