@@ -41,3 +41,11 @@ def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_trees(tiny_dataset_dir: Path) -> RolloutTrees:
     """The ``test`` split of :func:`tiny_dataset_dir` (read-only for tests)."""
     return load_split(tiny_dataset_dir, "test")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_dataset_stays_unchanged(tiny_dataset_dir: Path):
+    """Tests that grow the shared dataset must not persist what they grow (data.persist_growth=false)."""
+    yield
+    grown = sorted(tiny_dataset_dir.glob("*/growth/*"))
+    assert not grown, f"a test persisted growth into the shared tiny dataset: {grown[:3]}"

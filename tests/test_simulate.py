@@ -19,6 +19,7 @@ from trim_env.simulate import (
     generate_dataset,
     main,
 )
+from trim_env.store import GrowingTrees
 from trim_env.tree import (
     MAX_STEPS,
     STATE_CORRECT,
@@ -231,7 +232,7 @@ def test_cached_tree_agrees_node_for_node_with_the_lazy_uncapped_simulator(max_s
 
 def test_saved_dataset_agrees_with_the_lazy_simulator(tiny_dataset_dir: Path) -> None:
     train = load_split(tiny_dataset_dir, "train")
-    lazy = SimulatedTrees(params(), 1, np.arange(train.num_queries))
+    lazy = SimulatedTrees(params(), 1, np.arange(train.num_queries), namespace=f"{PRESET}/train")
     mapping = match_lazy(train, lazy)
     for name in NODE_FIELDS:
         np.testing.assert_array_equal(getattr(lazy, name)[mapping], getattr(train, name), err_msg=name)
@@ -248,14 +249,10 @@ def test_query_draws_do_not_depend_on_the_other_queries() -> None:
 
 def test_to_cached_rejects_partly_expanded_trees() -> None:
     trees = SimulatedTrees(params(), 2, np.arange(3))
-    # Expand the weak continuation of every node reached so far, leaving strong branches unexpanded.
-    while True:
-        open_weak = np.flatnonzero(~trees.expanded & ~trees.terminal & ~trees.step_is_strong)
-        if not open_weak.size:
-            break
-        trees.expand(open_weak)
-    assert (~trees.expanded & ~trees.terminal).any()
-    with pytest.raises(RuntimeError, match="fully expanded"):
+    # The anchors grew the all-weak and all-strong paths; grow one more strong rewrite, not its continuation.
+    trees.grow_strong(trees.weak_child[trees.root])
+    assert ((trees.weak_child < 0) & ~trees.terminal).any()
+    with pytest.raises(RuntimeError, match="complete trees"):
         trees.to_cached()
 
 
@@ -333,7 +330,7 @@ def below_cutoff_reachable(trees: RolloutTrees) -> np.ndarray:
 
 def test_strong_only_anchor_is_the_all_regenerate_path_of_the_uncapped_simulator(tiny_dataset_dir: Path) -> None:
     train = load_split(tiny_dataset_dir, "train")  # capped at K = 2: the anchor is not a path in it
-    lazy = SimulatedTrees(params(), 1, np.arange(train.num_queries), with_anchors=False)
+    lazy = SimulatedTrees(params(), 1, np.arange(train.num_queries), with_anchors=False, namespace=f"{PRESET}/train")
     for q in range(train.num_queries):
         node, tokens, steps = int(lazy.root[q]), 0, 0
         while not lazy.terminal[node]:
@@ -413,28 +410,39 @@ def test_levels_and_features_have_the_documented_shape() -> None:
 
 
 def test_load_trees_with_a_preset_returns_a_lazy_uncapped_source(tiny_dataset_dir: Path) -> None:
-    trees = load_trees(preset=PRESET, seed=1, n_queries=48)
+    trees = load_trees(preset=PRESET, seed=1, n_queries=48, split="train")
     assert isinstance(trees, SimulatedTrees)
     assert trees.num_queries == 48 and trees.max_strong_steps is None and trees.node_budget is None
     # Lazy: only what the anchors visited exists; the rest appears on expand().
-    assert (~trees.expanded & ~trees.terminal).any()
+    open_nodes = (trees.strong_child < 0) & ~trees.terminal
+    assert open_nodes.any()
     before = trees.num_nodes
-    unexpanded = np.flatnonzero(~trees.expanded & ~trees.terminal)[:5]
+    unexpanded = np.flatnonzero(open_nodes)[:5]
     trees.expand(unexpanded)
     assert trees.num_nodes > before
     assert (trees.weak_child[unexpanded] >= 0).all() and (trees.strong_child[unexpanded] >= 0).all()
-    # Same seed and query indices as the fixture's train split.
+    # The preset's train population with the same seed is the fixture's train split.
     train = load_split(tiny_dataset_dir, "train")
     assert trees.query_id == train.query_id
     np.testing.assert_array_equal(trees.weak_only_correct, train.weak_only_correct)
     np.testing.assert_array_equal(trees.strong_only_tokens, train.strong_only_tokens)
 
 
-def test_load_trees_with_a_path_returns_the_cached_split(tiny_dataset_dir: Path) -> None:
-    trees = load_trees(path=str(tiny_dataset_dir), split="train")
+def test_load_trees_with_a_path_frozen_returns_the_cached_split(tiny_dataset_dir: Path) -> None:
+    trees = load_trees(path=str(tiny_dataset_dir), split="train", grow=False)
     assert type(trees) is RolloutTrees
     assert trees.num_queries == 48 and trees.max_strong_steps == 2
     assert content_digest(trees) == content_digest(load_split(tiny_dataset_dir, "train"))
+
+
+def test_load_trees_with_a_path_grows_from_the_manifest_simulator_without_a_cap(tiny_dataset_dir: Path) -> None:
+    trees = load_trees(path=str(tiny_dataset_dir), split="train", persist=False)
+    assert isinstance(trees, GrowingTrees) and trees.can_grow
+    assert trees.num_queries == 48 and trees.max_strong_steps is None
+    stored = load_split(tiny_dataset_dir, "train")
+    assert trees.num_nodes == stored.num_nodes
+    capped = np.flatnonzero(~stored.terminal & (stored.strong_child < 0))  # past K = 2 in the stored trees
+    assert capped.size and trees.strong_possible(capped).all()
 
 
 def test_load_trees_applies_simulator_overrides() -> None:

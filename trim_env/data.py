@@ -1,9 +1,10 @@
 """Where datasets come from: the bundled default data, a dataset directory, or the simulator.
 
-The default data (``cached_rollouts/``) is simulated, not real model output. Its recipe and the
-digest of its content are committed in ``cached_rollouts/default.json``; the Parquet files are
-regenerated deterministically on first use (about two seconds) and checked against that digest,
-so a fresh clone works offline.
+The default data (``cached_rollouts/``) is simulated, not real model output. Its recipe (the
+simulator preset and seed it comes from, and the size of the stored seed cache) and the digest of
+its content are committed in ``cached_rollouts/default.json``; the Parquet files are regenerated
+deterministically on first use and checked against that digest, so a fresh clone works offline.
+Missing children then grow on demand from the same simulator (:func:`open_split`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from trim_env.simulate import SimulatedTrees, SimulatorParams, generate_dataset
-from trim_env.tree import MANIFEST, RolloutTrees, TreeFormatError, content_digest, load_split
+from trim_env.simulate import SimulatedTrees, SimulatorParams, SimulatorSource, generate_dataset
+from trim_env.store import GrowingTrees, GrowthJournal, TreeSource
+from trim_env.tree import MANIFEST, RolloutTrees, TreeFormatError, content_digest, load_split, read_manifest
 
 #: Folder holding the default data recipe; override with the TRIM_CACHE_DIR environment variable.
 CACHE_DIR = Path(os.environ.get("TRIM_CACHE_DIR", Path(__file__).resolve().parents[1] / "cached_rollouts"))
@@ -39,9 +41,9 @@ def default_dataset_dir() -> Path:
     print(f"Generating the default simulated dataset in {target} (first use) ...", flush=True)
     generate_dataset(
         scratch,
-        preset=recipe["preset"],
+        preset=recipe["source"]["preset"],
         n_queries=recipe["n_queries"],
-        seed=recipe["seed"],
+        seed=recipe["source"]["seed"],
         max_strong_steps=recipe["max_strong_steps"],
         node_budget=recipe["node_budget"],
         test_fraction=recipe["test_fraction"],
@@ -61,6 +63,57 @@ def default_dataset_dir() -> Path:
     return target
 
 
+def source_from_manifest(manifest: dict[str, Any]) -> TreeSource | None:
+    """The source that can grow a dataset, from its manifest: the simulator it was drawn from, or
+    ``None`` for a real collection (its servers must be given explicitly)."""
+    source = manifest.get("source", {})
+    if source.get("kind") == "simulator":
+        return SimulatorSource(SimulatorParams.from_dict(source["params"]))
+    return None
+
+
+def open_split(
+    directory: str | Path,
+    split: str = "test",
+    grow: bool = True,
+    persist: bool = True,
+    source: TreeSource | None = None,
+    verify_hash: bool = True,
+) -> RolloutTrees:
+    """One split of a dataset directory: its stored nodes plus everything grown before, growing on demand.
+
+    :param directory: the dataset directory.
+    :param split: which split.
+    :param grow: grow missing children from the source; ``False`` opens the split frozen (cap
+        semantics: past the stored nodes the weak model plays on).
+    :param persist: write grown nodes to ``<split>/growth/`` (append-only shards).
+    :param source: where missing children come from; default the manifest's simulator. A real
+        collection has no default source and opens frozen unless its backends are given here.
+    :param verify_hash: check file hashes (dataset files against the manifest, shards against their names).
+    """
+    directory = Path(directory)
+    base = load_split(directory, split, verify_hash)
+    journal = GrowthJournal(directory / split)
+    shards = journal.read(verify_hash)
+    if source is None and grow:
+        source = source_from_manifest(read_manifest(directory))
+    growing = grow and source is not None
+    if not growing and shards is None:
+        return base
+    store = GrowingTrees(
+        base,
+        source if growing else None,
+        journal if growing and persist else None,
+        max_strong_steps=None if growing else base.max_strong_steps,
+        frozen=not growing,
+    )
+    if shards is not None:
+        store.attach(shards, str(journal.directory))
+        if not growing:
+            store.prune_dangling()
+    return store
+
+
 def load_trees(
     path: str | None = None,
     split: str = "test",
@@ -68,20 +121,25 @@ def load_trees(
     seed: int = 0,
     n_queries: int = 500,
     overrides: dict[str, Any] | None = None,
+    grow: bool = True,
+    persist: bool = True,
 ) -> RolloutTrees:
     """Trees for evaluation or training.
 
     :param path: a dataset directory; ``None`` means the default data (unless ``preset`` is set).
-    :param split: which split of the dataset.
-    :param preset: evaluate through the simulator directly (lazy, uncapped) instead of cached trees.
+    :param split: which split of the dataset (with ``preset``: which query population of the
+        preset, so ``split="test"`` never simulates the train split's queries).
+    :param preset: evaluate through the simulator directly (lazy, uncapped) instead of a dataset.
     :param seed: simulator seed when ``preset`` is set.
     :param n_queries: number of simulated queries when ``preset`` is set.
     :param overrides: simulator parameter overrides when ``preset`` is set.
+    :param grow: grow missing children from the dataset's source (see :func:`open_split`).
+    :param persist: persist grown nodes in the dataset directory.
     """
     if preset is not None:
         if path is not None:
             raise ValueError(f"give either data.path ({path}) or data.preset ({preset}), not both")
         params = SimulatorParams.preset(preset, **(overrides or {}))
-        return SimulatedTrees(params, seed, np.arange(n_queries))
+        return SimulatedTrees(params, seed, np.arange(n_queries), namespace=f"{preset}/{split}")
     directory = Path(path) if path is not None else default_dataset_dir()
-    return load_split(directory, split)
+    return open_split(directory, split, grow=grow, persist=persist)

@@ -24,6 +24,7 @@ Command line::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, ndtri
 
+from trim_env.keys import mix, simulated_query_keys
+from trim_env.store import ChildBatch, GrowingTrees
 from trim_env.tree import (
     MAX_STEPS,
     STATE_CORRECT,
@@ -43,7 +46,6 @@ from trim_env.tree import (
 )
 
 PRESET_DIR = Path(__file__).parent / "presets"
-ACTION_CONTINUE, ACTION_REGENERATE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -152,39 +154,27 @@ class SimulatorParams:
 
 
 # ----------------------------------------------------------------------------------------------
-# Counter-based randomness keyed on paths
+# Counter-based randomness keyed on paths (node keys: trim_env.keys)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective scrambling of 64-bit keys."""
-    x = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+_STREAM = np.uint64(0x9E3779B97F4A7C15)
+#: The salt of draw number ``s`` of a key is ``_STREAM * (s + 1)`` (wrapping).
+_STREAM_SALTS = _STREAM * np.arange(1, 17, dtype=np.uint64)
+_MANTISSA_SHIFT = np.uint64(11)
 
 
-def _child_key(parent_key: np.ndarray, action: int) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return _mix(parent_key ^ (_GOLDEN * np.uint64(action + 1)))
+def _uniforms(key: np.ndarray, streams: list[int]) -> np.ndarray:
+    """Uniform draws in (0, 1): column ``j`` is draw number ``streams[j]`` of each key."""
+    bits = mix(key[:, None] + _STREAM_SALTS[streams]) >> _MANTISSA_SHIFT
+    return (bits.astype(np.float64) + 0.5) * 2.0**-53
 
 
 def _uniform(key: np.ndarray, stream: int) -> np.ndarray:
     """Uniform draw in (0, 1) number ``stream`` of each key."""
-    with np.errstate(over="ignore"):
-        bits = _mix(key + _GOLDEN * np.uint64(stream + 1)) >> np.uint64(11)
-    return (bits.astype(np.float64) + 0.5) * 2.0**-53
+    return _uniforms(np.asarray(key, dtype=np.uint64), [stream])[:, 0]
 
 
 def _normal(key: np.ndarray, stream: int) -> np.ndarray:
     return ndtri(_uniform(key, stream))
-
-
-def query_keys(seed: int, query_indices: np.ndarray) -> np.ndarray:
-    seed_key = _mix(np.array([seed], dtype=np.uint64) ^ np.uint64(0x5EED))
-    return _mix(seed_key ^ _mix(np.asarray(query_indices, dtype=np.uint64) + _GOLDEN))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +183,7 @@ def query_keys(seed: int, query_indices: np.ndarray) -> np.ndarray:
 
 @dataclass
 class QueryLatents:
-    """Hidden and visible per-query quantities."""
+    """Hidden and visible per-query quantities (one row per query)."""
 
     difficulty: np.ndarray
     weak_step_accuracy: np.ndarray
@@ -203,8 +193,21 @@ class QueryLatents:
     level: np.ndarray
     features: np.ndarray
 
+    def take(self, rows: np.ndarray) -> QueryLatents:
+        """The latents :func:`draw_step` reads, of the given query rows (level and features are not drawn from)."""
+        return QueryLatents(
+            difficulty=self.difficulty[rows],
+            weak_step_accuracy=self.weak_step_accuracy[rows],
+            strong_step_accuracy=self.strong_step_accuracy[rows],
+            token_scale=self.token_scale[rows],
+            prm_offset=self.prm_offset[rows],
+            level=self.level,
+            features=self.features,
+        )
+
 
 def draw_queries(params: SimulatorParams, keys: np.ndarray) -> QueryLatents:
+    """Each query's latents, drawn from its root key."""
     difficulty = _normal(keys, 0)
     noisy = difficulty + params.level_noise_sd * _normal(keys, 1)
     # Levels are quantile buckets of the noisy difficulty, so their proportions match the preset.
@@ -225,58 +228,136 @@ def draw_queries(params: SimulatorParams, keys: np.ndarray) -> QueryLatents:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _hazard_logits(params: SimulatorParams, is_strong: bool) -> np.ndarray:
+    """logit h(t) at difficulty 0 for t = 0..MAX_STEPS (a table, so a batch needs one lookup)."""
+    step = np.arange(MAX_STEPS + 1, dtype=np.float64)
+    peak, mid, width = (
+        (params.strong_hazard_max, params.strong_hazard_midpoint, params.strong_hazard_width)
+        if is_strong
+        else (params.weak_hazard_max, params.weak_hazard_midpoint, params.weak_hazard_width)
+    )
+    base = peak * expit((step - mid) / width)
+    return np.log(np.clip(base, 1e-9, 1 - 1e-9) / np.clip(1 - base, 1e-9, None))
+
+
+def draw_step(
+    params: SimulatorParams,
+    latents: QueryLatents,
+    key: np.ndarray,
+    parent_state: np.ndarray,
+    step: np.ndarray,
+    is_strong: bool,
+    replaced_tokens: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """The content of the steps with path keys ``key`` (``latents`` row-aligned with them).
+
+    Draw streams of a key: 0 step correct, 1 solution ends, 2 token noise, 3 PRM noise, 4 final answer.
+    """
+    uniform = _uniforms(key, [0, 1, 4, 2, 3])
+    token_noise, prm_noise = ndtri(uniform[:, 3:]).T
+    accuracy = latents.strong_step_accuracy if is_strong else latents.weak_step_accuracy
+    step_correct = uniform[:, 0] < accuracy
+    state = np.where(
+        parent_state == STATE_CORRECT,
+        np.where(step_correct, STATE_CORRECT, STATE_LAST_STEP_WRONG),
+        STATE_DERAILED,
+    ).astype(np.int8)
+    hazard = expit(_hazard_logits(params, is_strong)[step] - params.hazard_difficulty_slope * latents.difficulty)
+    ends = uniform[:, 1] < np.where(step >= MAX_STEPS, 1.0, hazard)
+
+    mean_tokens = params.strong_tokens_per_step if is_strong else params.weak_tokens_per_step
+    spread = params.tokens_step_sd
+    noise = token_noise
+    if replaced_tokens is not None:
+        # The rewrite of a long step is long: mix the replaced step's standardised log-length in.
+        rho = params.rewrite_length_correlation
+        weak_log = (np.log(replaced_tokens) - np.log(params.weak_tokens_per_step) - latents.token_scale) / spread
+        noise = rho * np.clip(weak_log, -4, 4) + np.sqrt(1 - rho**2) * noise
+    wrong = state == STATE_LAST_STEP_WRONG
+    log_tokens = np.log(mean_tokens) - spread**2 / 2 + latents.token_scale + spread * noise
+    log_tokens += wrong * np.log(params.wrong_step_length_factor)
+    tokens = np.maximum(1, np.rint(np.exp(log_tokens))).astype(np.int32)
+
+    # Mean PRM logit by hidden state code (0 correct, 1 derailed, 2 only this step wrong).
+    mean_logit = np.array([params.prm_logit_correct, params.prm_logit_derailed, params.prm_logit_last_wrong])[state]
+    prm = expit(mean_logit + latents.prm_offset + params.prm_noise_sd * prm_noise).astype(np.float32)
+
+    clean = state == STATE_CORRECT
+    p_final = np.where(clean, params.final_correct_if_clean, params.final_correct_if_derailed)
+    correct = np.where(ends, uniform[:, 2] < p_final, -1).astype(np.int8)
+    return {"step_tokens": tokens, "step_prm": prm, "terminal": ends, "correct": correct, "hidden_state": state}
+
+
 # ----------------------------------------------------------------------------------------------
-# The lazily expanded tree
+# The simulator as a tree source
 
 
-class _Growable:
-    """Column storage that grows by doubling, so appending children is amortised O(1)."""
+class SimulatorSource:
+    """Draws missing children from the simulator: all parents of a batch in array operations.
 
-    def __init__(self, dtypes: dict[str, Any], capacity: int) -> None:
-        self.size = 0
-        self.columns = {name: np.empty(capacity, dtype=dtype) for name, dtype in dtypes.items()}
+    :param params: the simulated process.
+    """
 
-    def append(self, values: dict[str, np.ndarray]) -> np.ndarray:
-        count = len(next(iter(values.values())))
-        needed = self.size + count
-        capacity = len(next(iter(self.columns.values())))
-        if needed > capacity:
-            new_capacity = max(needed, 2 * capacity)
-            for name, column in self.columns.items():
-                grown = np.empty(new_capacity, dtype=column.dtype)
-                grown[: self.size] = column[: self.size]
-                self.columns[name] = grown
-        ids = np.arange(self.size, needed, dtype=np.int32)
-        for name, value in values.items():
-            self.columns[name][self.size : needed] = value
-        self.size = needed
-        return ids
+    #: Simulated nodes are cheap to draw again: persist in large batches only.
+    persist_each_batch = False
+
+    def __init__(self, params: SimulatorParams) -> None:
+        self.params = params
+        self._latents: dict[int, tuple[np.ndarray, QueryLatents]] = {}
+
+    def available(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "simulator", "params": dataclasses.asdict(self.params)}
+
+    def query_latents(self, root_key: np.ndarray) -> QueryLatents:
+        """The latents of every query of a store (cached per store's root-key array)."""
+        cached = self._latents.get(id(root_key))
+        if cached is None or cached[0] is not root_key:
+            cached = (root_key, draw_queries(self.params, root_key))
+            self._latents[id(root_key)] = cached
+        return cached[1]
+
+    def draw(self, store: RolloutTrees, parents: np.ndarray, strong: bool, keys: np.ndarray) -> ChildBatch:
+        query = store.query[parents]
+        replaced = store.step_tokens[store.weak_child[parents]] if strong else None
+        drawn = draw_step(
+            self.params,
+            self.query_latents(store.root_key).take(query),
+            keys,
+            store.hidden_state[parents],
+            store.depth[parents].astype(np.int64) + 1,
+            strong,
+            replaced,
+        )
+        return ChildBatch(parents=parents, **drawn)
 
 
-_NODE_DTYPES = {
-    "key": np.uint64,
-    "query": np.int32,
-    "parent": np.int32,
-    "weak_child": np.int32,
-    "strong_child": np.int32,
-    "depth": np.int16,
-    "strong_steps": np.int16,
-    "step_tokens": np.int32,
-    "step_prm": np.float32,
-    "step_is_strong": np.bool_,
-    "terminal": np.bool_,
-    "correct": np.int8,
-    "hidden_state": np.int8,
-    "path_min_prm": np.float32,
-    "expanded": np.bool_,
-}
+# ----------------------------------------------------------------------------------------------
+# Simulated trees grown on demand
 
 
-class SimulatedTrees(RolloutTrees):
+def simulated_query_id(namespace: str, seed: int, index: int) -> str:
+    """The id of simulated query ``index`` of population ``namespace`` under ``seed``."""
+    return f"sim:{namespace or '-'}:{seed}:{index:06d}"
+
+
+class SimulatedTrees(GrowingTrees):
     """Rollout trees generated on demand by the simulator (no cap unless one is given).
 
-    Serves the environment and batch evaluator directly through the :class:`RolloutTrees`
-    interface: call :meth:`expand` on nodes before reading their children.
+    Serves the environment and batch evaluator directly: children are drawn when an episode
+    needs them (:meth:`grow_weak`, :meth:`grow_strong`).
+
+    :param params: the simulated process.
+    :param seed: the simulator seed.
+    :param query_indices: which queries of the population to simulate.
+    :param max_strong_steps: cap K on strong steps per path (``None``: uncapped).
+    :param node_budget: per-query node budget of :meth:`expand_all` (``None``: breadth-first to K).
+    :param with_anchors: play the weak-only and strong-only runs now.
+    :param namespace: the query population (``"<preset>/<split>"`` for datasets): the same
+        indices in two namespaces are different queries.
     """
 
     def __init__(
@@ -287,160 +368,67 @@ class SimulatedTrees(RolloutTrees):
         max_strong_steps: int | None = None,
         node_budget: int | None = None,
         with_anchors: bool = True,
+        namespace: str = "",
     ) -> None:
         self.params = params
         self.seed = seed
+        self.namespace = namespace
         self.query_indices = np.asarray(query_indices, dtype=np.int64)
-        self.max_strong_steps = max_strong_steps
-        self.node_budget = node_budget
-        keys = query_keys(seed, self.query_indices)
-        self.latents = draw_queries(params, keys)
+        keys = simulated_query_keys(seed, namespace, self.query_indices)
+        latents = draw_queries(params, keys)
         n = len(keys)
-        self._nodes = _Growable(_NODE_DTYPES, capacity=max(64, 16 * n))
-        self._node_count = np.zeros(n, dtype=np.int64)
-        roots = self._nodes.append(
-            {
-                "key": keys,
-                "query": np.arange(n, dtype=np.int32),
-                "parent": np.full(n, -1, np.int32),
-                "weak_child": np.full(n, -1, np.int32),
-                "strong_child": np.full(n, -1, np.int32),
-                "depth": np.zeros(n, np.int16),
-                "strong_steps": np.zeros(n, np.int16),
-                "step_tokens": np.zeros(n, np.int32),
-                "step_prm": np.ones(n, np.float32),
-                "step_is_strong": np.zeros(n, np.bool_),
-                "terminal": np.zeros(n, np.bool_),
-                "correct": np.full(n, -1, np.int8),
-                "hidden_state": np.full(n, STATE_CORRECT, np.int8),
-                "path_min_prm": np.ones(n, np.float32),
-                "expanded": np.zeros(n, np.bool_),
-            }
+        zeros = lambda dtype: np.zeros(n, dtype=dtype)  # noqa: E731
+        roots = RolloutTrees(
+            query=np.arange(n, dtype=np.int32),
+            parent=np.full(n, -1, np.int32),
+            weak_child=np.full(n, -1, np.int32),
+            strong_child=np.full(n, -1, np.int32),
+            depth=zeros(np.int16),
+            strong_steps=zeros(np.int16),
+            step_tokens=zeros(np.int32),
+            step_prm=np.ones(n, np.float32),
+            step_is_strong=zeros(np.bool_),
+            terminal=zeros(np.bool_),
+            correct=np.full(n, -1, np.int8),
+            hidden_state=np.full(n, STATE_CORRECT, np.int8),
+            query_id=[simulated_query_id(namespace, seed, int(i)) for i in self.query_indices],
+            root=np.arange(n, dtype=np.int32),
+            level=latents.level,
+            features=latents.features,
+            weak_only_correct=zeros(np.int8),
+            weak_only_tokens=zeros(np.int32),
+            weak_only_steps=zeros(np.int16),
+            strong_only_correct=zeros(np.int8),
+            strong_only_tokens=zeros(np.int32),
+            strong_only_steps=zeros(np.int16),
+            root_key=keys,
+            node_budget=node_budget,
         )
-        self._node_count += 1
-        self.root = roots
-        self.query_id = [f"sim-{seed}-{int(i):06d}" for i in self.query_indices]
-        self.level = self.latents.level
-        self.features = self.latents.features
-        self.step_text = self.problem = self.answer = None
-        self.strong_branch_cutoff = np.full(n, np.inf, dtype=np.float32)
+        source = SimulatorSource(params)
+        source._latents[id(keys)] = (keys, latents)
+        super().__init__(roots, source, max_strong_steps=max_strong_steps)
+        self.node_budget = node_budget
+        self._node_count = np.ones(n, dtype=np.int64)
         if with_anchors:
             self._anchors()
 
-    # Node arrays are views of the growable storage (re-read them after expand).
-    def __getattr__(self, name: str) -> np.ndarray:
-        nodes = self.__dict__.get("_nodes")
-        if nodes is not None and name in nodes.columns:
-            return nodes.columns[name][: nodes.size]
-        raise AttributeError(name)
+    def _append_children(self, parents: np.ndarray, strong: np.ndarray, content: Any, keys: np.ndarray) -> np.ndarray:
+        ids = super()._append_children(parents, strong, content, keys)
+        self._node_count += np.bincount(self.query[ids], minlength=len(self._node_count))
+        return ids
 
     def expand(self, nodes: np.ndarray) -> None:
-        nodes = np.unique(np.asarray(nodes, dtype=np.int64))
-        nodes = nodes[~self.expanded[nodes] & ~self.terminal[nodes]]
-        if nodes.size:
-            self._expand(nodes)
-
-    def _expand(self, nodes: np.ndarray) -> None:
-        """Append each node's weak child, and its strong child where the cap allows.
-
-        With a node budget, strong children are opened later by :meth:`expand_all` in order of
-        the proposal's PRM score instead.
-        """
-        self._append_children(nodes, strong=False)
+        """Grow the weak child of ``nodes``, and the strong one where the cap allows, except that
+        with a node budget :meth:`expand_all` opens strong children in order of the proposal's score."""
+        self.grow_weak(nodes)
         if self.node_budget is None:
-            open_strong = nodes
-            if self.max_strong_steps is not None:
-                open_strong = nodes[self.strong_steps[nodes] < self.max_strong_steps]
-            self._append_children(open_strong, strong=True)
-        self._nodes.columns["expanded"][nodes] = True
-
-    def _append_children(self, nodes: np.ndarray, strong: bool) -> None:
-        """Draw the weak proposal (or the strong rewrite) at each node and append it as a child."""
-        if nodes.size == 0:
-            return
-        columns = self._nodes.columns
-        query = columns["query"][nodes]
-        step = columns["depth"][nodes].astype(np.int64) + 1
-        # A rewrite's length follows the weak step it replaces, drawn when the node was expanded.
-        replaced = columns["step_tokens"][columns["weak_child"][nodes]] if strong else None
-        action = ACTION_REGENERATE if strong else ACTION_CONTINUE
-        drawn = self._draw_step(
-            _child_key(columns["key"][nodes], action), query, columns["hidden_state"][nodes], step, strong, replaced
-        )
-        ids = self._nodes.append(
-            {
-                **drawn,
-                "query": query,
-                "parent": nodes.astype(np.int32),
-                "depth": step.astype(np.int16),
-                "strong_steps": columns["strong_steps"][nodes] + strong,
-                "step_is_strong": np.full(len(nodes), strong),
-                "path_min_prm": np.minimum(columns["path_min_prm"][nodes], drawn["step_prm"]),
-                "weak_child": np.full(len(nodes), -1, np.int32),
-                "strong_child": np.full(len(nodes), -1, np.int32),
-                "expanded": np.zeros(len(nodes), np.bool_),
-            }
-        )
-        self._nodes.columns["strong_child" if strong else "weak_child"][nodes] = ids
-        np.add.at(self._node_count, query, 1)
-
-    def _draw_step(
-        self,
-        key: np.ndarray,
-        query: np.ndarray,
-        parent_state: np.ndarray,
-        step: np.ndarray,
-        is_strong: bool,
-        replaced_tokens: np.ndarray | None,
-    ) -> dict[str, np.ndarray]:
-        params, latents = self.params, self.latents
-        accuracy = (latents.strong_step_accuracy if is_strong else latents.weak_step_accuracy)[query]
-        step_correct = _uniform(key, 0) < accuracy
-        state = np.where(
-            parent_state == STATE_CORRECT,
-            np.where(step_correct, STATE_CORRECT, STATE_LAST_STEP_WRONG),
-            STATE_DERAILED,
-        ).astype(np.int8)
-        difficulty = latents.difficulty[query]
-        ends = _uniform(key, 1) < params.hazard(np.full(len(key), is_strong), step, difficulty)
-
-        mean_tokens = params.strong_tokens_per_step if is_strong else params.weak_tokens_per_step
-        spread = params.tokens_step_sd
-        noise = _normal(key, 2)
-        if replaced_tokens is not None:
-            # The rewrite of a long step is long: mix the replaced step's standardised log-length in.
-            rho = params.rewrite_length_correlation
-            weak_log = (np.log(replaced_tokens) - np.log(params.weak_tokens_per_step) - latents.token_scale[query]) / spread
-            noise = rho * np.clip(weak_log, -4, 4) + np.sqrt(1 - rho**2) * noise
-        log_tokens = np.log(mean_tokens) - spread**2 / 2 + latents.token_scale[query] + spread * noise
-        log_tokens += np.where(state == STATE_LAST_STEP_WRONG, np.log(params.wrong_step_length_factor), 0.0)
-        tokens = np.maximum(1, np.rint(np.exp(log_tokens))).astype(np.int32)
-
-        mean_logit = np.select(
-            [state == STATE_CORRECT, state == STATE_LAST_STEP_WRONG],
-            [params.prm_logit_correct, params.prm_logit_last_wrong],
-            params.prm_logit_derailed,
-        )
-        logit = mean_logit + latents.prm_offset[query] + params.prm_noise_sd * _normal(key, 3)
-        prm = expit(logit).astype(np.float32)
-
-        clean = state == STATE_CORRECT
-        p_final = np.where(clean, params.final_correct_if_clean, params.final_correct_if_derailed)
-        correct = np.where(ends, (_uniform(key, 4) < p_final).astype(np.int8), np.int8(-1)).astype(np.int8)
-        return {
-            "key": key,
-            "step_tokens": tokens,
-            "step_prm": prm,
-            "terminal": ends,
-            "correct": correct,
-            "hidden_state": state,
-        }
+            self.grow_strong(nodes)
 
     def _anchors(self) -> None:
         """Weak-only (all continue) and strong-only (all regenerate, uncapped) runs of every query."""
-        uncapped = self
+        uncapped: SimulatedTrees = self
         if self.max_strong_steps is not None or self.node_budget is not None:
-            uncapped = SimulatedTrees(self.params, self.seed, self.query_indices, with_anchors=False)
+            uncapped = SimulatedTrees(self.params, self.seed, self.query_indices, with_anchors=False, namespace=self.namespace)
         for name, regenerate in (("weak_only", False), ("strong_only", True)):
             correct, tokens, steps = follow_constant(uncapped, regenerate)
             setattr(self, f"{name}_correct", correct.astype(np.int8))
@@ -449,8 +437,8 @@ class SimulatedTrees(RolloutTrees):
 
     def to_cached(self) -> RolloutTrees:
         """Freeze into plain :class:`RolloutTrees`, nodes grouped by query in breadth-first order."""
-        if not (self.expanded | self.terminal).all():
-            raise RuntimeError("to_cached() needs fully expanded trees")
+        if ((self.weak_child < 0) & ~self.terminal).any():
+            raise RuntimeError("to_cached() needs complete trees: every non-terminal node needs its weak child")
         order = np.lexsort((np.arange(self.num_nodes), self.depth, self.query))
         new_id = np.empty(self.num_nodes + 1, dtype=np.int32)
         new_id[order] = np.arange(self.num_nodes, dtype=np.int32)
@@ -480,6 +468,7 @@ class SimulatedTrees(RolloutTrees):
             strong_only_tokens=self.strong_only_tokens,
             strong_only_steps=self.strong_only_steps,
             strong_branch_cutoff=self.strong_branch_cutoff,
+            root_key=self.root_key,
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )
@@ -506,7 +495,7 @@ class SimulatedTrees(RolloutTrees):
         for previous, cutoff in zip(np.append(0.0, levels[:-1]), levels):
             while True:
                 candidates = np.flatnonzero(
-                    self.expanded
+                    (self.weak_child >= 0)
                     & (self.strong_child < 0)
                     & (self.strong_steps < cap)
                     & ~finished[self.query]
@@ -515,7 +504,7 @@ class SimulatedTrees(RolloutTrees):
                 if candidates.size == 0:
                     break
                 before = self.num_nodes
-                self._append_children(candidates, strong=True)
+                self._grow(candidates, strong=True)
                 self._complete(np.arange(before, self.num_nodes))
                 over = ~finished & (self._node_count >= self.node_budget)
                 self.strong_branch_cutoff[over] = previous
@@ -530,7 +519,7 @@ class SimulatedTrees(RolloutTrees):
             self.expand(frontier)
             children = np.concatenate([self.weak_child[frontier], self.strong_child[frontier]])
             children = children[children >= 0]
-            frontier = children[~self.terminal[children] & ~self.expanded[children]]
+            frontier = children[~self.terminal[children] & (self.weak_child[children] < 0)]
 
 
 def follow_constant(trees: RolloutTrees, regenerate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -540,7 +529,7 @@ def follow_constant(trees: RolloutTrees, regenerate: bool) -> tuple[np.ndarray, 
     steps = np.zeros(len(node), dtype=np.int64)
     active = np.arange(len(node))
     while active.size:
-        trees.expand(node[active])
+        (trees.grow_strong if regenerate else trees.grow_weak)(node[active])
         child_array = trees.strong_child if regenerate else trees.weak_child
         child = child_array[node[active]]
         node[active] = child
@@ -567,7 +556,9 @@ def generate_dataset(
 ) -> dict[str, Any]:
     """Simulate ``n_queries`` queries into a train/test dataset at ``out``; returns the manifest.
 
-    The last ``round(test_fraction * n_queries)`` queries form the test split.
+    The last ``round(test_fraction * n_queries)`` queries form the test split. Each split is its
+    own query population (``"<preset>/<split>"``): its queries are numbered from 0 and never
+    coincide with another split's or another preset's.
     """
     if n_queries < 1:
         raise ValueError(f"n_queries = {n_queries} must be at least 1")
@@ -575,13 +566,12 @@ def generate_dataset(
         raise ValueError(f"test_fraction = {test_fraction} must be in [0, 1]")
     params = SimulatorParams.preset(preset, **overrides)
     n_test = int(round(test_fraction * n_queries))
-    indices = np.arange(n_queries)
-    split_indices = {"train": indices[: n_queries - n_test], "test": indices[n_queries - n_test :]}
+    split_sizes = {"train": n_queries - n_test, "test": n_test}
     splits = {}
-    for name, chosen in split_indices.items():
-        if chosen.size == 0:
+    for name, size in split_sizes.items():
+        if size == 0:
             continue
-        trees = SimulatedTrees(params, seed, chosen, max_strong_steps, node_budget)
+        trees = SimulatedTrees(params, seed, np.arange(size), max_strong_steps, node_budget, namespace=f"{preset}/{name}")
         trees.expand_all()
         splits[name] = trees.to_cached()
     source = {
@@ -592,6 +582,7 @@ def generate_dataset(
         "test_fraction": test_fraction,
         "params": dataclasses.asdict(params),
         "overrides": overrides,
+        "query_ids": "sim:<preset>/<split>:<seed>:<index>",
     }
     return save_dataset(out, splits, source, max_strong_steps, node_budget, overwrite=overwrite)
 

@@ -36,7 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+from trim_env.keys import query_keys_from_ids
+
+SCHEMA_VERSION = 2
+#: Older schema versions this version still reads (v1 had no ``root_key``: derived from query ids).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MAX_STEPS = 30
 MANIFEST = "manifest.json"
 
@@ -61,6 +65,7 @@ NODE_COLUMNS: dict[str, pa.DataType] = {
 }
 QUERY_COLUMNS: dict[str, pa.DataType] = {
     "query_id": pa.string(),
+    "root_key": pa.uint64(),
     "root": pa.int32(),
     "level": pa.int8(),
     "features": pa.list_(pa.float32()),
@@ -120,6 +125,8 @@ class RolloutTrees:
     step_text: list[str | None] | None = None
     problem: list[str | None] | None = None
     answer: list[str | None] | None = None
+    #: Per query: the path key of its root (:mod:`trim_env.keys`); ``None`` derives it from the id.
+    root_key: np.ndarray | None = None
     #: Minimum PRM score over the steps of each node's prefix (1.0 at the root); derived, not stored.
     path_min_prm: np.ndarray = field(init=False, repr=False)
     #: Cap on strong steps per path and node budget per query (``None`` = uncapped / no budget).
@@ -129,6 +136,8 @@ class RolloutTrees:
     def __post_init__(self) -> None:
         if self.strong_branch_cutoff is None:
             self.strong_branch_cutoff = np.full(len(self.root), np.inf, dtype=np.float32)
+        if self.root_key is None:
+            self.root_key = query_keys_from_ids(self.query_id)
         self.path_min_prm = path_minimum(self.parent, self.step_prm, self.depth)
 
     @property
@@ -139,8 +148,25 @@ class RolloutTrees:
     def num_nodes(self) -> int:
         return len(self.parent)
 
+    # Growth: cached trees never grow (see trim_env.store.GrowingTrees for trees that do).
+    can_grow = False
+    generation = 0
+
     def expand(self, nodes: np.ndarray) -> None:
-        """Make sure the children of ``nodes`` exist (cached trees: always true)."""
+        """Make sure both children of ``nodes`` exist where they can (cached trees: nothing to do)."""
+
+    def grow_weak(self, nodes: np.ndarray) -> None:
+        """Make sure the weak children of ``nodes`` exist where they can (cached trees: nothing to do)."""
+
+    def grow_strong(self, nodes: np.ndarray) -> None:
+        """Make sure the strong children of ``nodes`` exist where they can (cached trees: nothing to do)."""
+
+    def strong_possible(self, nodes: np.ndarray) -> np.ndarray:
+        """Whether regenerating at each of ``nodes`` is possible (cached trees: its strong child exists)."""
+        return self.strong_child[nodes] >= 0
+
+    def flush(self) -> None:
+        """Persist grown nodes (cached trees: nothing to persist)."""
 
     def strong_only_mean_tokens(self) -> float:
         return float(np.mean(self.strong_only_tokens))
@@ -195,6 +221,7 @@ class RolloutTrees:
             step_text=[self.step_text[i] for i in old_ids] if self.step_text is not None else None,
             problem=pick(self.problem),
             answer=pick(self.answer),
+            root_key=self.root_key[query_indices],
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )
@@ -246,6 +273,8 @@ def _queries_table(trees: RolloutTrees) -> pa.Table:
             # reshape(0, -1) is ambiguous for an empty split; it has no feature rows to write.
             features = features.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
             arrays[name] = pa.array(list(features), type=dtype)
+        elif name == "root_key":
+            arrays[name] = pa.array(np.asarray(trees.root_key, dtype=np.uint64), type=dtype)
         elif name in ("query_id", "problem", "answer"):
             values = getattr(trees, name)
             arrays[name] = pa.array(values if values is not None else [None] * n, type=dtype)
@@ -327,9 +356,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise TreeFormatError(f"{path}: not valid JSON ({error})") from error
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise TreeFormatError(
-            f"{path}: field schema_version is {version!r}, this version of trim reads {SCHEMA_VERSION}; "
+            f"{path}: field schema_version is {version!r}, this version of trim reads {list(READABLE_SCHEMA_VERSIONS)}; "
             "re-create the dataset with this version"
         )
     for key in ("splits", "source", "max_strong_steps", "content_hash"):
@@ -381,7 +410,8 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
     hashes = manifest["splits"][split].get("sha256", {}) if verify_hash else {}
     queries_path = directory / split / "queries.parquet"
     nodes_path = directory / split / "nodes.parquet"
-    queries = _read_table(queries_path, hashes.get("queries.parquet"), QUERY_COLUMNS)
+    query_columns = QUERY_COLUMNS if manifest["schema_version"] >= 2 else {k: v for k, v in QUERY_COLUMNS.items() if k != "root_key"}
+    queries = _read_table(queries_path, hashes.get("queries.parquet"), query_columns)
     nodes = _read_table(nodes_path, hashes.get("nodes.parquet"), NODE_COLUMNS)
     text_column = nodes.column("step_text")
     features = queries.column("features")
@@ -409,6 +439,7 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
         step_text=None if text_column.null_count == nodes.num_rows else text_column.to_pylist(),
         problem=optional(queries, "problem"),
         answer=optional(queries, "answer"),
+        root_key=_numpy(queries, "root_key") if "root_key" in query_columns else None,
         max_strong_steps=manifest["max_strong_steps"],
         node_budget=manifest.get("node_budget"),
     )
@@ -496,6 +527,9 @@ def content_digest(trees: RolloutTrees) -> str:
     digest.update(np.rint(trees.step_prm.astype(np.float64) * 1e5).astype(np.int64).tobytes())
     for name in QUERY_COLUMNS:
         if name in ("query_id", "problem", "answer"):
+            continue
+        if name == "root_key":
+            digest.update(np.ascontiguousarray(trees.root_key, dtype=np.uint64).tobytes())
             continue
         values = np.asarray(getattr(trees, name))
         if values.dtype.kind == "f":
