@@ -312,7 +312,7 @@ def test_regenerate_past_cap_plays_weak_steps_to_the_end(params: SimulatorParams
         env = StepRoutingEnv(trees)
         for query in range(N_QUERIES):
             env.reset(options={"query_index": query})
-            assert env.trees.strong_child[env.current_node] >= 0  # asked only where a rewrite exists
+            assert env.trees.strong_possible(np.array([env.current_node]))[0]  # asked only where a rewrite exists or can grow
             _, reward, terminated, _, info = env.step(1)
             # With K = 1 no node after the rewrite has a strong child: the env is never asked
             # again and plays weak steps until the solution ends.
@@ -324,11 +324,11 @@ def test_regenerate_past_cap_plays_weak_steps_to_the_end(params: SimulatorParams
             assert env.trees.terminal[path[-1]]
 
 
-def test_env_never_asks_at_a_node_without_a_strong_child(trees: RolloutTrees) -> None:
+def test_env_never_asks_where_regenerating_is_impossible(trees: RolloutTrees) -> None:
     env = StepRoutingEnv(trees)
     pairs = list(random_decisions(env, episodes=2 * N_QUERIES, seed=4))
     nodes = np.array([node for _, node in pairs])
-    assert (env.trees.strong_child[nodes] >= 0).all()
+    assert env.trees.strong_possible(nodes).all()
     assert not env.trees.terminal[nodes].any()
 
 

@@ -55,6 +55,7 @@ import numpy as np
 from gymnasium import spaces
 
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, STRONG_STEP_SCALE, TOKEN_FEATURE_HIGH, TOKEN_SCALE
+from trim_env.store import GrowingTrees
 from trim_env.tree import MAX_STEPS, RolloutTrees
 
 #: Default cost unit: the regenerate penalty is ``lam`` per this many strong tokens.
@@ -75,6 +76,50 @@ _HOT = (
     "strong_steps",
     "path_min_prm",
 )
+
+
+def check_settings(trees: Any, observation: str, lam: Any, cost_unit_tokens: Any, seed: Any) -> tuple[float, float]:
+    """Validate the settings shared by the single and the vectorised env; returns (lam, cost_unit_tokens)."""
+    if not isinstance(trees, RolloutTrees):
+        raise TypeError(f"trees must be RolloutTrees (or GrowingTrees), got {type(trees).__name__}")
+    if observation not in OBSERVATIONS:
+        raise ValueError(f"observation = {observation!r} is not one of {list(OBSERVATIONS)}")
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam = {lam!r} must be a finite number >= 0") from None
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam = {lam!r} must be a finite number >= 0")
+    try:
+        cost_unit_tokens = float(cost_unit_tokens)
+    except (TypeError, ValueError):
+        raise ValueError(f"cost_unit_tokens = {cost_unit_tokens!r} must be a finite number > 0") from None
+    if not math.isfinite(cost_unit_tokens) or cost_unit_tokens <= 0:
+        raise ValueError(f"cost_unit_tokens = {cost_unit_tokens!r} must be a finite number > 0")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed = {seed!r} must be a non-negative integer or None")
+    return lam, cost_unit_tokens
+
+
+def check_queries(trees: RolloutTrees, queries: Any) -> np.ndarray:
+    """The query indices an env plays: all of ``trees``' by default, else validated ``queries``."""
+    n = trees.num_queries
+    if queries is None:
+        if n == 0:
+            raise ValueError("trees hold no queries")
+        return np.arange(n, dtype=np.int64)
+    array = np.asarray(queries)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"queries = {queries!r} must be a non-empty 1-D array of query indices")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"queries = {queries!r} must hold integer query indices")
+    array = array.astype(np.int64)
+    bad = (array < 0) | (array >= n)
+    if bad.any():
+        raise ValueError(f"queries contains {int(array[bad][0])}, out of range [0, {n})")
+    if len(np.unique(array)) != len(array):
+        raise ValueError(f"queries = {queries!r} contains duplicate indices")
+    return array
 
 
 def _view(array: np.ndarray) -> memoryview:
@@ -116,33 +161,15 @@ class StepRoutingEnv(gymnasium.Env):
         queries: np.ndarray | list[int] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(trees, RolloutTrees):
-            raise TypeError(f"trees must be RolloutTrees (or SimulatedTrees), got {type(trees).__name__}")
-        if observation not in OBSERVATIONS:
-            raise ValueError(f"observation = {observation!r} is not one of {list(OBSERVATIONS)}")
-        try:
-            lam = float(lam)
-        except (TypeError, ValueError):
-            raise ValueError(f"lam = {lam!r} must be a finite number >= 0") from None
-        if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam = {lam!r} must be a finite number >= 0")
-        try:
-            cost_unit_tokens = float(cost_unit_tokens)
-        except (TypeError, ValueError):
-            raise ValueError(f"cost_unit_tokens = {cost_unit_tokens!r} must be a finite number > 0") from None
-        if not math.isfinite(cost_unit_tokens) or cost_unit_tokens <= 0:
-            raise ValueError(f"cost_unit_tokens = {cost_unit_tokens!r} must be a finite number > 0")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed = {seed!r} must be a non-negative integer or None")
-
+        lam, cost_unit_tokens = check_settings(trees, observation, lam, cost_unit_tokens, seed)
         self.trees = trees
         self.observation = observation
         self.lam = lam
         self.cost_unit_tokens = cost_unit_tokens
         self.shuffle = bool(shuffle)
         self._cost_per_token = lam / cost_unit_tokens
-        self._lazy = type(trees).expand is not RolloutTrees.expand
-        self.queries = self._check_queries(queries)
+        self._lazy = isinstance(trees, GrowingTrees)
+        self.queries = check_queries(trees, queries)
         self._query_set = set(self.queries.tolist())
 
         self.action_space = spaces.Discrete(2)
@@ -173,25 +200,6 @@ class StepRoutingEnv(gymnasium.Env):
     # ------------------------------------------------------------------------------------------
     # Setup helpers
 
-    def _check_queries(self, queries: Any) -> np.ndarray:
-        n = self.trees.num_queries
-        if queries is None:
-            if n == 0:
-                raise ValueError("trees hold no queries")
-            return np.arange(n, dtype=np.int64)
-        array = np.asarray(queries)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"queries = {queries!r} must be a non-empty 1-D array of query indices")
-        if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"queries = {queries!r} must hold integer query indices")
-        array = array.astype(np.int64)
-        bad = (array < 0) | (array >= n)
-        if bad.any():
-            raise ValueError(f"queries contains {int(array[bad][0])}, out of range [0, {n})")
-        if len(np.unique(array)) != len(array):
-            raise ValueError(f"queries = {queries!r} contains duplicate indices")
-        return array
-
     def _refresh(self) -> None:
         """(Re-)read the hot node arrays; a lazy source may reallocate them on expand."""
         trees = self.trees
@@ -208,9 +216,11 @@ class StepRoutingEnv(gymnasium.Env):
             self._path_min,
         ) = (_view(getattr(trees, name)) for name in _HOT)
         self._root = _view(trees.root)
+        self._generation = trees.generation
 
-    def _expand(self, node: int) -> None:
-        self.trees.expand(np.array([node], dtype=np.int64))
+    def _grow(self, node: int, strong: bool) -> None:
+        nodes = np.array([node], dtype=np.int64)
+        (self.trees.grow_strong if strong else self.trees.grow_weak)(nodes)
         self._refresh()
 
     def _set_order(self, seed: int | None) -> None:
@@ -246,13 +256,16 @@ class StepRoutingEnv(gymnasium.Env):
         self._steps += 1
 
     def _play_to_decision(self, node: int) -> int:
-        """From ``node``, accept weak steps while there is no strong child; stop at a decision node or the end."""
+        """From ``node``, accept weak steps while regenerating is impossible; stop at a decision node or the end."""
         terminal = self._terminal
         while not terminal[node]:
             if self._lazy:
-                self._expand(node)
-                terminal = self._terminal
-            if self._strong_child[node] >= 0:
+                if self._weak_child[node] < 0:
+                    self._grow(node, strong=False)
+                    terminal = self._terminal
+                if self.trees.strong_possible(np.array([node]))[0]:
+                    return node
+            elif self._strong_child[node] >= 0:
                 return node
             self._cap_reached = True
             node = self._weak_child[node]
@@ -311,6 +324,8 @@ class StepRoutingEnv(gymnasium.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start the next query's episode (see the module docstring for the order and options)."""
         super().reset(seed=seed)
+        if self._generation != self.trees.generation:  # another holder of the trees grew them
+            self._refresh()
         if seed is not None:
             self._set_order(seed)
         skipped: list[tuple[int, int]] = []
@@ -360,14 +375,20 @@ class StepRoutingEnv(gymnasium.Env):
         """Continue (0) or regenerate (1) the proposed step; returns (obs, reward, terminated, False, info)."""
         if self._done:
             raise RuntimeError("step() called before reset() or after the episode ended; call reset()")
+        if self._generation != self.trees.generation:  # another holder of the trees grew them
+            self._refresh()
         node = self._node
-        if action == ACTION_REGENERATE:
+        if action == ACTION_REGENERATE and self._strong_child[node] < 0:
+            self._grow(node, strong=True)
+        if action == ACTION_REGENERATE and self._strong_child[node] >= 0:
             child = self._strong_child[node]
             tokens = self._tokens[child]
             self._strong_tokens += tokens
             self._escalations += 1
             reward = -self._cost_per_token * tokens
-        elif action == ACTION_CONTINUE:
+        elif action in (ACTION_CONTINUE, ACTION_REGENERATE):
+            # A spent source cannot rewrite the step: the weak model plays on, as past the cap.
+            self._cap_reached |= action == ACTION_REGENERATE
             child = self._weak_child[node]
             reward = 0.0
         else:

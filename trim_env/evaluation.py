@@ -4,9 +4,13 @@ All episodes advance together, one step per round, with array indexing into the 
 is asked once per round for every active episode. TRIM-Thr over many thresholds is one call:
 each (query, threshold) pair is an episode.
 
-At a node past the cap (no strong child) the policy is still asked, so that the evaluator can
-count how often the cap binds, but a request to regenerate is played as continue — exactly as the
-environment, which does not ask there.
+Trees that grow (:class:`~trim_env.store.GrowingTrees`) are asked for every missing child the
+round needs, in one batched call per round: the weak proposals at all active nodes, then the
+strong rewrites that the policy asked for.
+
+At a node without a strong child that cannot grow one (past the cap of frozen trees) the policy is
+still asked, so that the evaluator can count how often the cap binds, but a request to regenerate
+is played as continue — exactly as the environment, which does not ask there.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ def run_episodes(trees: RolloutTrees, policy: BatchPolicy, queries: np.ndarray |
     active = np.arange(n)
     while active.size:
         here = node[active]
-        trees.expand(here)
+        trees.grow_weak(here)
         wants = np.asarray(policy.decide(DecisionBatch(trees, here, active)), dtype=bool)
+        if trees.can_grow and (wants & (trees.strong_child[here] < 0)).any():
+            trees.grow_strong(here[wants])
         strong_child = trees.strong_child[here]
         regenerate = wants & (strong_child >= 0)
         cap_overrides[active] += wants & ~regenerate

@@ -1,0 +1,253 @@
+"""A batched stable-baselines3 ``VecEnv`` of the step-routing environment: all episodes in array operations.
+
+:class:`StepRoutingVecEnv` plays ``n_envs`` episodes of :class:`~trim_env.env.StepRoutingEnv` at
+once. Each ``step`` advances every episode with array indexing into the trees, and grows every
+missing child the step needs in one batched call to the store (the strong rewrites asked for, then
+the weak proposals of all new prefixes), instead of one Python call per env and per node.
+
+It is the same environment: with the same trees, settings and seed it returns the same
+observations, rewards, dones and episode infos as ``DummyVecEnv`` over ``n_envs`` copies of
+:class:`~trim_env.env.StepRoutingEnv` whose copy ``i`` is seeded ``seed + i`` (the seeding of
+SB3's ``VecEnv.seed``), which a test checks step for step. Env ``i`` walks its own seeded
+permutation of the queries, cyclically.
+
+**Infos.** Only a finished episode's info is filled: ``query_index``, ``query_id``,
+``strong_tokens``, ``escalations``, ``step``, ``correct``, ``cap_reached``,
+``terminal_observation`` and ``TimeLimit.truncated`` (always False); the other envs' infos are
+empty, which is all SB3 reads. As in SB3's ``DummyVecEnv``, the automatic reset's info
+(``skipped``: queries without a decision node passed over, frozen trees only) goes to
+``reset_infos``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from trim_env.env import DEFAULT_COST_UNIT_TOKENS, StepRoutingEnv, check_queries, check_settings
+from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, TOKEN_FEATURE_HIGH, TOKEN_SCALE, agg_features
+from trim_env.tree import MAX_STEPS, RolloutTrees
+
+
+class StepRoutingVecEnv(VecEnv):
+    """``n_envs`` step-routing episodes advanced together over one store of trees.
+
+    :param trees: cached or growing trees (all envs share them).
+    :param n_envs: number of parallel episodes.
+    :param observation: ``"agg"`` or ``"seq"``.
+    :param lam: cost weight λ >= 0 (per ``cost_unit_tokens`` strong tokens).
+    :param cost_unit_tokens: strong tokens per cost unit (> 0).
+    :param seed: env ``i`` shuffles the queries with seed ``seed + i`` (``None``: unseeded).
+    :param shuffle: visit queries in seeded random permutations (else in the given order).
+    :param queries: the query indices to play (default: all of ``trees``).
+    """
+
+    def __init__(
+        self,
+        trees: RolloutTrees,
+        n_envs: int = 8,
+        observation: str = "agg",
+        lam: float = 0.01,
+        cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS,
+        seed: int | None = 0,
+        shuffle: bool = True,
+        queries: np.ndarray | list[int] | None = None,
+    ) -> None:
+        self.lam, self.cost_unit_tokens = check_settings(trees, observation, lam, cost_unit_tokens, seed)
+        if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
+            raise ValueError(f"n_envs = {n_envs!r} must be a positive integer")
+        self.trees = trees
+        self.observation = observation
+        self.shuffle = bool(shuffle)
+        self.queries = check_queries(trees, queries)
+        self._cost_per_token = self.lam / self.cost_unit_tokens
+        # The single env's spaces: one definition of what a router observes.
+        template = StepRoutingEnv(trees, observation, lam, cost_unit_tokens, None, shuffle, self.queries)
+        super().__init__(int(n_envs), template.observation_space, spaces.Discrete(2))
+        n = self.num_envs
+        self._orders = [self._order(None if seed is None else seed + rank) for rank in range(n)]
+        self._positions = np.zeros(n, dtype=np.int64)
+        self._node = np.zeros(n, dtype=np.int64)
+        self._query = np.zeros(n, dtype=np.int64)
+        self._steps = np.zeros(n, dtype=np.int64)
+        self._strong_tokens = np.zeros(n, dtype=np.int64)
+        self._escalations = np.zeros(n, dtype=np.int64)
+        self._cap_reached = np.zeros(n, dtype=bool)
+        self._seq = np.zeros((n, MAX_STEPS, len(SEQ_CHANNELS)), dtype=np.float32)
+        self._actions = np.zeros(n, dtype=np.int64)
+        self._started = False
+        #: Queries passed over at reset because they have no decision node (frozen trees only).
+        self.skipped_total = 0
+
+    # ------------------------------------------------------------------------------------------
+    # Episode mechanics (all arrays over envs)
+
+    def _order(self, seed: int | None) -> np.ndarray:
+        return np.random.default_rng(seed).permutation(self.queries) if self.shuffle else self.queries.copy()
+
+    def _accept(self, envs: np.ndarray, child: np.ndarray) -> None:
+        """Write the steps leading to ``child`` into the envs' prefixes."""
+        if self.observation == "seq":
+            trees = self.trees
+            rows = self._seq[envs, self._steps[envs]]
+            rows[:, 0] = trees.step_prm[child]
+            rows[:, 1] = np.minimum(trees.step_tokens[child] / TOKEN_SCALE, TOKEN_FEATURE_HIGH)
+            rows[:, 2] = trees.step_is_strong[child]
+            rows[:, 3] = 1.0
+            self._seq[envs, self._steps[envs]] = rows
+        self._steps[envs] += 1
+
+    def _play_to_decision(self, envs: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """Accept weak steps where regenerating is impossible, until a decision node or the end."""
+        trees = self.trees
+        while True:
+            open_ = ~trees.terminal[node]
+            if not open_.any():
+                return node
+            trees.grow_weak(node[open_])
+            passive = open_ & ~trees.strong_possible(node)
+            if not passive.any():
+                return node
+            self._cap_reached[envs[passive]] = True
+            node[passive] = trees.weak_child[node[passive]]
+            self._accept(envs[passive], node[passive])
+
+    def _start(self, envs: np.ndarray) -> list[list[tuple[int, int]]]:
+        """Begin the next query's episode in each of ``envs``; returns the queries skipped per env."""
+        skipped: list[list[tuple[int, int]]] = [[] for _ in envs]
+        pending = np.arange(len(envs))
+        while pending.size:
+            at = envs[pending]
+            queries = np.array([self._orders[env][self._positions[env]] for env in at], dtype=np.int64)
+            self._positions[at] = (self._positions[at] + 1) % len(self.queries)
+            self._query[at] = queries
+            self._steps[at] = 0
+            self._strong_tokens[at] = 0
+            self._escalations[at] = 0
+            self._cap_reached[at] = False
+            self._seq[at] = 0.0
+            node = self._play_to_decision(at, self.trees.root[queries].astype(np.int64))
+            self._node[at] = node
+            dead = self.trees.terminal[node]
+            for index in np.flatnonzero(dead):
+                skipped[pending[index]].append((int(queries[index]), int(self.trees.correct[node[index]])))
+                self.skipped_total += 1
+                if len(skipped[pending[index]]) >= len(self.queries):
+                    raise RuntimeError(
+                        f"none of this env's {len(self.queries)} queries has a decision node "
+                        "(no strong child on any weak path, e.g. trees built with max_strong_steps=0)"
+                    )
+            pending = pending[dead]
+        return skipped
+
+    def _observations(self, envs: np.ndarray | None = None) -> np.ndarray:
+        trees = self.trees
+        node = self._node if envs is None else self._node[envs]
+        if self.observation == "agg":
+            return agg_features(trees, node)
+        at = np.arange(self.num_envs) if envs is None else envs
+        proposal = trees.weak_child[node]
+        rows = np.zeros((len(at), len(SEQ_CHANNELS)), dtype=np.float32)
+        rows[:, 0] = trees.step_prm[proposal]
+        rows[:, 1] = np.minimum(trees.step_tokens[proposal] / TOKEN_SCALE, TOKEN_FEATURE_HIGH)
+        rows[:, 3] = 1.0
+        self._seq[at, self._steps[at]] = rows
+        return self._seq[at].copy()
+
+    # ------------------------------------------------------------------------------------------
+    # VecEnv API
+
+    def reset(self) -> np.ndarray:
+        """Start a new episode in every env (seeds given by :meth:`seed` rebuild the query orders)."""
+        for env, seed in enumerate(self._seeds):
+            if seed is not None:
+                self._orders[env] = self._order(seed)
+                self._positions[env] = 0
+        self._reset_seeds()
+        self._reset_options()
+        skipped = self._start(np.arange(self.num_envs))
+        self.reset_infos = [{"skipped": queries} for queries in skipped]
+        self._started = True
+        return self._observations()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        actions = np.asarray(actions).reshape(-1)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} actions, got shape {np.shape(actions)}")
+        if ((actions != 0) & (actions != 1)).any():
+            raise ValueError(f"actions = {actions.tolist()} must be 0 (continue) or 1 (regenerate)")
+        self._actions = actions.astype(np.int64)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self._started:
+            raise RuntimeError("step() called before reset(); call reset()")
+        trees = self.trees
+        envs = np.arange(self.num_envs)
+        node = self._node
+        regenerate = self._actions == 1
+        if regenerate.any() and (trees.strong_child[node[regenerate]] < 0).any():
+            trees.grow_strong(node[regenerate])
+        strong = trees.strong_child[node]
+        take = regenerate & (strong >= 0)
+        # A spent source cannot rewrite the step: the weak model plays on, as past the cap.
+        self._cap_reached |= regenerate & ~take
+        child = np.where(take, strong, trees.weak_child[node])
+        strong_tokens = np.where(take, trees.step_tokens[child], 0)
+        rewards = (-self._cost_per_token * strong_tokens).astype(np.float32)
+        self._strong_tokens += strong_tokens
+        self._escalations += take
+        self._accept(envs, child)
+        node = self._play_to_decision(envs, child.astype(np.int64))
+        self._node = node
+        dones = trees.terminal[node].copy()
+        infos: list[dict[str, Any]] = [{} for _ in envs]
+        finished = np.flatnonzero(dones)
+        if finished.size:
+            correct = trees.correct[node[finished]]
+            rewards[finished] += correct
+            terminal_obs = (
+                np.zeros((finished.size, len(AGG_FEATURES)), dtype=np.float32) if self.observation == "agg" else self._seq[finished].copy()
+            )
+            for row, env in enumerate(finished):
+                query = int(self._query[env])
+                infos[env] = {
+                    "query_index": query,
+                    "query_id": trees.query_id[query],
+                    "strong_tokens": int(self._strong_tokens[env]),
+                    "escalations": int(self._escalations[env]),
+                    "step": int(self._steps[env]),
+                    "correct": int(correct[row]),
+                    "cap_reached": bool(self._cap_reached[env]),
+                    "TimeLimit.truncated": False,
+                    "terminal_observation": terminal_obs[row],
+                }
+            for env, queries in zip(finished, self._start(finished)):
+                self.reset_infos[env] = {"skipped": queries}
+        return self._observations(), rewards, dones, infos
+
+    def close(self) -> None:
+        """Persist what the trees grew (nothing else to release)."""
+        self.trees.flush()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        value = getattr(self, attr_name) if attr_name != "render_mode" else None
+        return [value for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        raise AttributeError(f"StepRoutingVecEnv shares one state across its envs; cannot set {attr_name!r} per env")
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+        raise AttributeError(f"StepRoutingVecEnv has no per-env objects to call {method_name!r} on")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def _indices(self, indices: VecEnvIndices) -> Sequence[int]:
+        if indices is None:
+            return range(self.num_envs)
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)
