@@ -67,8 +67,9 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ValueError("train.py trains on cached trees: give data.path (or nothing for the default data), not data.preset")
     cost_unit = float(cfg.env.cost_unit_tokens)
     data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
-    train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split)
-    test_trees = load_trees(path=str(data_dir), split=cfg.data.split)
+    growth = {"grow": bool(cfg.data.grow), "persist": bool(cfg.data.persist_growth)}
+    train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split, **growth)
+    test_trees = load_trees(path=str(data_dir), split=cfg.data.split, **growth)
     manifest_hash = read_manifest(data_dir)["content_hash"]
     train_queries, validation_queries = split_validation(train_trees, float(cfg.validation_fraction))
     validation = train_trees.subset(validation_queries)
@@ -122,6 +123,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             train_trees, train_queries, FitSettings.from_config(cfg.policy), f"{manifest_hash}/{cfg.data.train_split}",
             None if cache_dir is None else to_absolute_path(str(cache_dir)),
         )
+        # Trees that grow have no cap (max_strong_steps None); frozen trees keep the data's K.
         cap = train_trees.max_strong_steps if cfg.policy.max_strong_steps == "data" else cfg.policy.max_strong_steps
         router = solve_router(model, lam, cost_unit, str(cfg.policy.filter), int(cfg.policy.grid_size), cap)
         export_router(router_dir, router, common)
@@ -140,6 +142,8 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     router = load_router(router_dir)  # evaluate exactly what was exported
     point = make_point(cfg.policy.name, lam, run_episodes(test_trees, router), reference(test_trees))
+    for trees in (train_trees, validation, test_trees):
+        trees.flush()
     point = {**point, "lambda": lam, "seed": int(cfg.seed), **extra}
     tracker.summary({f"test/{key}": value for key, value in point.items() if isinstance(value, (int, float))})
     tracker.finish()

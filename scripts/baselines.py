@@ -32,7 +32,7 @@ from trim_env.tree import RolloutTrees  # noqa: E402
 def training_split(cfg: DictConfig) -> RolloutTrees:
     """Where the learned routers train: the dataset's train split, or further queries of the preset."""
     if cfg.data.preset is None:
-        return load_trees(path=cfg.data.path, split=cfg.data.train_split)
+        return load_trees(path=cfg.data.path, split=cfg.data.train_split, grow=False)  # only anchors and features are read
     # Query indices after the evaluated ones, so that no evaluated query is trained on.
     first = int(cfg.data.n_queries)
     return SimulatedTrees(
@@ -44,10 +44,13 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     """Anchor points followed by every configured baseline's points on the configured split."""
     check_methods(list(cfg.methods))  # before the data is loaded
     trees = load_trees(
-        path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries
+        path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
+        grow=cfg.data.grow, persist=cfg.data.persist_growth,
     )
     routers = fit_query_routers(training_split(cfg), cfg)
-    return anchor_points(trees) + baseline_points(trees, routers, cfg)
+    points = anchor_points(trees) + baseline_points(trees, routers, cfg)
+    trees.flush()
+    return points
 
 
 @hydra.main(config_path="../conf", config_name="baselines", version_base="1.3")

@@ -28,7 +28,8 @@ from trim_env.evaluation import anchor_points, make_point, reference, run_episod
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Points for the configured policy on the configured split (anchors first)."""
     trees = load_trees(
-        path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries
+        path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
+        grow=cfg.data.grow, persist=cfg.data.persist_growth,
     )
     anchors = reference(trees)
     points = anchor_points(trees)
@@ -45,6 +46,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         points.append(make_point(label, router.config.get("lambda"), run_episodes(trees, router), anchors))  # type: ignore[attr-defined]
     else:
         raise ValueError(f"unknown policy.name {name!r}; scripts/evaluate.py knows: thr, router")
+    trees.flush()
     return points
 
 

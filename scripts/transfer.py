@@ -35,10 +35,10 @@ from frontier import summarize_method  # noqa: E402  (the report's own frontier 
 from agents import load_router  # noqa: E402
 from agents.baselines.suite import baseline_points, fit_query_routers  # noqa: E402
 from trim_env import metrics  # noqa: E402
-from trim_env.data import default_recipe, load_trees  # noqa: E402
+from trim_env.data import default_recipe, load_trees, open_split  # noqa: E402
 from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds  # noqa: E402
 from trim_env.simulate import generate_dataset  # noqa: E402
-from trim_env.tree import RolloutTrees, load_split  # noqa: E402
+from trim_env.tree import RolloutTrees  # noqa: E402
 
 TARGET_PRESETS = ("aime-qwen1.5b-7b", "math500-qwen1.5b-qwen3-8b")
 
@@ -54,7 +54,7 @@ def load_configs(overrides: list[str]) -> tuple[DictConfig, list[float]]:
 def target_datasets(n_queries: int, seed: int, workdir: Path) -> dict[str, RolloutTrees]:
     """The source's test split, then each target preset simulated with the default data's cap and budget."""
     recipe = default_recipe()
-    datasets = {f"{recipe['preset']} (source)": load_trees(split="test")}
+    datasets = {f"{recipe['source']['preset']} (source)": load_trees(split="test")}
     for preset in TARGET_PRESETS:
         directory = workdir / preset
         generate_dataset(
@@ -66,7 +66,7 @@ def target_datasets(n_queries: int, seed: int, workdir: Path) -> dict[str, Rollo
             node_budget=recipe["node_budget"],
             test_fraction=1.0,
         )
-        datasets[preset] = load_split(directory, "test")
+        datasets[preset] = open_split(directory, "test")
     return datasets
 
 

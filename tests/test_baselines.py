@@ -107,10 +107,25 @@ def test_oracle_apgr_is_at_least_every_baselines_and_thrs(tiny_dataset_dir, simu
     assert all(apgr["oracle"] >= value for value in apgr.values())
 
 
-def test_oracle_rejects_lazy_trees_and_bad_lambdas(tiny_trees):
+def test_oracle_on_growing_trees_equals_the_oracle_on_the_same_trees_pre_generated():
+    params = SimulatorParams.preset("math500-qwen1.5b-7b")
+    lazy = SimulatedTrees(params, 4, np.arange(30), namespace="oracle")
+    full = SimulatedTrees(params, 4, np.arange(30), max_strong_steps=2, namespace="oracle")
+    full.expand_all()
+    lambdas = [0.0, 0.02, 0.2]
+    grown, cached = run_oracle(lazy, lambdas, COST_UNIT, max_strong_steps=2), run_oracle(full.to_cached(), lambdas, COST_UNIT)
+    for a, b in zip(grown, cached):
+        np.testing.assert_array_equal(a.correct, b.correct)
+        np.testing.assert_array_equal(a.strong_tokens, b.strong_tokens)
+    assert max(o.escalations.max() for o in grown) <= 2
+
+
+def test_oracle_rejects_incomplete_trees_uncapped_growth_and_bad_lambdas(tiny_trees):
     lazy = SimulatedTrees(SimulatorParams.preset("math500-qwen1.5b-7b"), 0, np.arange(3))
     with pytest.raises(ValueError, match="complete trees"):
         regenerate_is_better(lazy, [0.1])
+    with pytest.raises(ValueError, match="max_strong_steps"):
+        run_oracle(lazy, [0.1])
     for bad in ([], [-0.1], [float("nan")]):
         with pytest.raises(ValueError, match="lambdas"):
             regenerate_is_better(tiny_trees, bad)
@@ -259,7 +274,7 @@ def test_real_llama_solutions_are_graded_with_math_verify(tmp_path):
 
 def test_baselines_cli_writes_results_that_frontier_gathers(tiny_dataset_dir, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}",
+    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
                f"hydra.run.dir={out}", "oracle.n_lambdas=20", "validation_fraction=0.3"]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -273,7 +288,7 @@ def test_baselines_cli_writes_results_that_frontier_gathers(tiny_dataset_dir, tm
 
 
 def test_baselines_cli_rejects_an_unknown_method(tiny_dataset_dir, tmp_path):
-    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}",
+    command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
                f"hydra.run.dir={tmp_path}", "methods=[automix-mean]"]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "unknown baseline(s) ['automix-mean']" in result.stderr

@@ -64,7 +64,7 @@ def _evaluate(*overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_cli_writes_results_json_with_the_point_schema(tiny_dataset_dir, tmp_path):
-    result = _evaluate("policy=thr", "policy.thresholds=[0,0.05,1]", f"data.path={tiny_dataset_dir}", f"hydra.run.dir={tmp_path}")
+    result = _evaluate("policy=thr", "policy.thresholds=[0,0.05,1]", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     points = json.loads((tmp_path / "results.json").read_text())["points"]
     assert [p["policy"] for p in points] == ["weak-only", "strong-only", "thr", "thr", "thr"]
@@ -103,8 +103,7 @@ def _tiny_recipe(directory: Path, digest: dict[str, str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     recipe = {
         "name": "tiny",
-        "preset": "math500-qwen1.5b-7b",
-        "seed": 5,
+        "source": {"kind": "simulator", "preset": "math500-qwen1.5b-7b", "seed": 5},
         "n_queries": 20,
         "test_fraction": 0.5,
         "max_strong_steps": 2,

@@ -459,7 +459,7 @@ def test_train_solves_exports_and_evaluate_reproduces_the_point(tiny_dataset_dir
     spec = importlib.util.spec_from_file_location("trim_train_script_pomdp", ROOT / "train.py")
     train_script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(train_script)  # type: ignore[union-attr]
-    arguments = ["policy=pomdp", "lambda=0.01", f"data.path={tiny_dataset_dir}", "progress_bar=false",
+    arguments = ["policy=pomdp", "lambda=0.01", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "progress_bar=false",
                  f"policy.model_cache_dir={tmp_path / 'cache'}", "policy.grid_size=501"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_pomdp"):
         cfg = compose(config_name="config", overrides=arguments)
@@ -475,7 +475,7 @@ def test_train_solves_exports_and_evaluate_reproduces_the_point(tiny_dataset_dir
     assert again["model_from_cache"] is True and again["accuracy"] == point["accuracy"]
 
     result = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "policy=router", f"policy.path={out / 'router'}", f"data.path={tiny_dataset_dir}",
+        [sys.executable, "scripts/evaluate.py", "policy=router", f"policy.path={out / 'router'}", f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
          f"hydra.run.dir={tmp_path / 'evaluate'}"],
         cwd=ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=300, check=False,
     )
@@ -488,7 +488,7 @@ def test_train_solves_exports_and_evaluate_reproduces_the_point(tiny_dataset_dir
 
 def test_pomdp_sweeps_lambda_in_hydra_multirun(tiny_dataset_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "train.py", "--multirun", "policy=pomdp", "lambda=0.005,0.05", f"data.path={tiny_dataset_dir}",
+        [sys.executable, "train.py", "--multirun", "policy=pomdp", "lambda=0.005,0.05", f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
          "progress_bar=false", f"policy.model_cache_dir={tmp_path / 'cache'}", "policy.grid_size=301",
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=300, check=False,

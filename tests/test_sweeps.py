@@ -20,7 +20,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 def _sweep(prefix: list[str], sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     command = [
         *prefix, sys.executable, "train.py", "-m", "policy=thr", "lambda=0.01,0.05",
-        f"data.path={data_dir}", f"hydra.sweep.dir={sweep_dir}", "progress_bar=false", *overrides,
+        f"data.path={data_dir}", "data.persist_growth=false", f"hydra.sweep.dir={sweep_dir}", "progress_bar=false", *overrides,
     ]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=600)
 

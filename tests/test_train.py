@@ -63,7 +63,7 @@ train_script = _load_train_module()
 def overrides(policy: str, data_dir: Path, *extra: str) -> list[str]:
     """Command-line overrides of a tiny run (thr has no ``policy.total_timesteps``)."""
     budget = [f"{key}={value}" for key, value in TINY_BUDGET.items() if policy != "thr" or not key.startswith("policy.")]
-    return [f"policy={policy}", *budget, "progress_bar=false", f"data.path={data_dir}", *extra]
+    return [f"policy={policy}", *budget, "progress_bar=false", f"data.path={data_dir}", "data.persist_growth=false", *extra]
 
 
 def compose_config(*arguments: str):
@@ -157,7 +157,7 @@ def test_training_writes_results_and_an_exported_router(runs, policy):
 def test_evaluate_script_reproduces_the_training_point(runs, policy, tiny_dataset_dir, tmp_path):
     out = runs[policy]
     result = run_script(
-        "scripts/evaluate.py", "policy=router", f"policy.path={out / 'router'}", f"data.path={tiny_dataset_dir}",
+        "scripts/evaluate.py", "policy=router", f"policy.path={out / 'router'}", f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
         f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr

@@ -9,6 +9,11 @@ With every outcome in the tree known, the best return from a node is a Bellman r
 Its policy maximises ``correct − λ · strong tokens / cost_unit`` per query, so for every λ no
 router playing the same tree earns more; sweeping λ traces the upper bound of the frontier. The
 oracle looks at outcomes: it is a reference, not a router.
+
+Trees that grow have no end, so the oracle solves them up to a cap: with ``max_strong_steps = K``
+every path holding fewer than K strong steps may regenerate (:meth:`GrowingTrees.grow_complete`
+grows all of them first). It is then the upper bound for routers that regenerate at most K steps
+per query; an uncapped router could in principle beat it on a query that needs more.
 """
 
 from __future__ import annotations
@@ -23,14 +28,27 @@ from trim_env.tree import RolloutTrees
 _LAMBDA_CHUNK = 8
 
 
-def _check_complete(trees: RolloutTrees) -> None:
-    """The recursion needs every node's children: reject a lazily expanded tree with open nodes."""
-    expanded = getattr(trees, "expanded", None)
-    if expanded is not None and not (expanded | trees.terminal).all():
-        raise ValueError(
-            "the hindsight oracle needs complete trees, but these are expanded lazily; expand them first "
-            "(SimulatedTrees(..., max_strong_steps=K).expand_all()) or use cached trees"
-        )
+def reachable_nodes(trees: RolloutTrees, max_strong_steps: int | None) -> np.ndarray:
+    """Nodes reachable from the roots when regenerating only below ``max_strong_steps`` strong steps.
+
+    :raises ValueError: a reachable non-terminal node has no weak child (incomplete trees).
+    """
+    reachable = np.zeros(trees.num_nodes, dtype=bool)
+    frontier = np.asarray(trees.root, dtype=np.int64)
+    while frontier.size:
+        reachable[frontier] = True
+        frontier = frontier[~trees.terminal[frontier]]
+        weak = trees.weak_child[frontier]
+        if (weak < 0).any():
+            raise ValueError(
+                "the hindsight oracle needs complete trees: a reachable node has no weak child; grow them first "
+                "(trees.grow_complete(K)) or use cached trees"
+            )
+        strong = trees.strong_child[frontier]
+        if max_strong_steps is not None:
+            strong = np.where(trees.strong_steps[frontier] < max_strong_steps, strong, -1)
+        frontier = np.concatenate([weak, strong[strong >= 0]]).astype(np.int64)
+    return reachable
 
 
 def _check_lambdas(lambdas: np.ndarray | list[float]) -> np.ndarray:
@@ -41,30 +59,37 @@ def _check_lambdas(lambdas: np.ndarray | list[float]) -> np.ndarray:
 
 
 def regenerate_is_better(
-    trees: RolloutTrees, lambdas: np.ndarray | list[float], cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS
+    trees: RolloutTrees,
+    lambdas: np.ndarray | list[float],
+    cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS,
+    max_strong_steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Solve the recursion for each λ.
 
-    :param trees: complete rollout trees (cached, or a simulator tree after ``expand_all``).
+    :param trees: complete rollout trees (cached, or grown with ``grow_complete``).
     :param lambdas: cost weights λ >= 0.
     :param cost_unit_tokens: strong tokens per cost unit (the environment's reward scale).
+    :param max_strong_steps: regenerate only on paths with fewer strong steps (``None``: wherever
+        a strong child is stored).
     :return: ``(choose_strong, root_value)``: a boolean (nodes, λ) array, True where regenerating
         is strictly better than continuing (ties continue, the cheaper choice), and the optimal
         return of each query, shape (queries, λ).
     """
-    _check_complete(trees)
     lambdas = _check_lambdas(lambdas)
     if not cost_unit_tokens > 0:
         raise ValueError(f"cost_unit_tokens = {cost_unit_tokens} must be > 0")
+    reachable = reachable_nodes(trees, max_strong_steps)
     # Children sit one level deeper than their parent, so solving level by level from the deepest
     # one sees every child's value before its parent's. Terminal nodes keep their outcome as value.
-    open_nodes = np.flatnonzero(~trees.terminal)
+    open_nodes = np.flatnonzero(~trees.terminal & reachable)
     order = open_nodes[np.argsort(trees.depth[open_nodes], kind="stable")]
     bounds = np.flatnonzero(np.diff(trees.depth[order])) + 1
     levels = []
     for nodes in np.split(order, bounds)[::-1]:
         strong = trees.strong_child[nodes]
         has_strong = strong >= 0
+        if max_strong_steps is not None:
+            has_strong &= trees.strong_steps[nodes] < max_strong_steps
         safe_strong = np.where(has_strong, strong, 0)
         cost_units = trees.step_tokens[safe_strong][:, None] / cost_unit_tokens
         levels.append((nodes, trees.weak_child[nodes], safe_strong, has_strong[:, None], cost_units))
@@ -96,15 +121,25 @@ class _OraclePolicy:
 
 
 def run_oracle(
-    trees: RolloutTrees, lambdas: np.ndarray | list[float], cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS
+    trees: RolloutTrees,
+    lambdas: np.ndarray | list[float],
+    cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS,
+    max_strong_steps: int | None = None,
 ) -> list[Outcomes]:
     """Outcomes of the hindsight-optimal routing for each λ, played by the batch evaluator.
 
-    :param trees: complete rollout trees.
+    Trees that grow are first grown completely up to ``max_strong_steps`` (required for them).
+
+    :param trees: complete rollout trees, or trees that grow.
     :param lambdas: cost weights λ >= 0 (one frontier point each).
     :param cost_unit_tokens: strong tokens per cost unit.
+    :param max_strong_steps: the oracle regenerates only on paths with fewer strong steps.
     """
-    choose_strong, _ = regenerate_is_better(trees, lambdas, cost_unit_tokens)
+    if trees.can_grow:
+        if max_strong_steps is None:
+            raise ValueError("trees that grow have no end: give the oracle a cap max_strong_steps")
+        trees.grow_complete(max_strong_steps)  # type: ignore[attr-defined]
+    choose_strong, _ = regenerate_is_better(trees, lambdas, cost_unit_tokens, max_strong_steps)
     return run_grid(trees, _OraclePolicy(choose_strong, trees.num_queries), choose_strong.shape[1])
 
 

@@ -24,7 +24,6 @@ from agents.baselines.query_level import (
 )
 from agents.baselines.random_routing import run_random
 from trim_env.evaluation import make_point, reference
-from trim_env.simulate import SimulatedTrees
 from trim_env.tree import RolloutTrees
 
 METHODS = ("random", "automix-min", "automix-last", "classifier", "knn", "oracle")
@@ -86,20 +85,6 @@ def fit_query_routers(train: RolloutTrees, cfg: Any) -> QueryRouters:
     return QueryRouters(classifier, knn)
 
 
-def complete_trees(trees: RolloutTrees, max_strong_steps: int, node_budget: int | None) -> RolloutTrees:
-    """Trees the oracle can solve: cached trees as they are; lazy simulator trees expanded with a cap.
-
-    :param trees: the evaluated split.
-    :param max_strong_steps: cap K for expanding a lazy simulator tree.
-    :param node_budget: per-query node budget for that expansion (``None``: none).
-    """
-    if not isinstance(trees, SimulatedTrees):
-        return trees
-    complete = SimulatedTrees(trees.params, trees.seed, trees.query_indices, max_strong_steps, node_budget)
-    complete.expand_all()
-    return complete
-
-
 def baseline_points(trees: RolloutTrees, routers: QueryRouters, cfg: Any) -> list[dict[str, Any]]:
     """Frontier points of every configured baseline on ``trees`` (anchors not included).
 
@@ -140,8 +125,8 @@ def baseline_points(trees: RolloutTrees, routers: QueryRouters, cfg: Any) -> lis
     if "oracle" in methods:
         oracle = cfg.oracle
         lambdas = lambda_grid(float(oracle.lambda_min), float(oracle.lambda_max), int(oracle.n_lambdas))
-        solvable = complete_trees(trees, int(oracle.max_strong_steps), oracle.node_budget)
-        for lam, outcomes in zip(lambdas, run_oracle(solvable, lambdas, float(oracle.cost_unit_tokens))):
+        cap = None if oracle.max_strong_steps is None else int(oracle.max_strong_steps)
+        for lam, outcomes in zip(lambdas, run_oracle(trees, lambdas, float(oracle.cost_unit_tokens), cap)):
             points.append(make_point("oracle", float(lam), outcomes, anchors))
     return points
 
