@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from frontier import summarize_method  # noqa: E402  (the report's own frontier summary)
+from frontier import summarize_methods  # noqa: E402  (the report's own frontier summary)
 
 from agents import load_router  # noqa: E402
 from agents.baselines.suite import baseline_points, fit_query_routers  # noqa: E402
@@ -84,20 +84,34 @@ def dataset_points(
     return points
 
 
-def summarize(points: list[dict[str, Any]], trees: RolloutTrees) -> dict[str, dict[str, Any]]:
-    """Frontier summary (CPT, APGR, mean ΔIBC; anchors included) per method, as ``scripts/frontier.py`` does."""
+def summarize(points: list[dict[str, Any]], trees: RolloutTrees) -> tuple[dict[str, dict[str, Any]], tuple[float, float] | None]:
+    """Frontier summary per method and the common ΔIBC cost range, as ``scripts/frontier.py`` makes them.
+
+    CPT and APGR come from each method's own points plus the weak-only anchor; mean ΔIBC is taken
+    over the dataset's common cost range of the non-oracle methods.
+    """
     anchors = reference(trees)
     methods: dict[str, list[dict[str, Any]]] = {}
     for point in points:
         if point["policy"] not in ("weak-only", "strong-only"):
             methods.setdefault(point["policy"], []).append(point)
-    return {name: summarize_method(group, anchors) for name, group in methods.items()}
+    return summarize_methods(methods, anchors)
 
 
-def markdown(results: dict[str, dict[str, dict[str, Any]]], references: dict[str, metrics.Reference]) -> str:
-    """Mean ΔIBC and APGR tables: one row per method, one column per dataset."""
+def markdown(
+    results: dict[str, dict[str, dict[str, Any]]],
+    references: dict[str, metrics.Reference],
+    ibc_ranges: dict[str, tuple[float, float] | None],
+) -> str:
+    """Mean ΔIBC and APGR tables: one row per method, one column per dataset.
+
+    :param results: Summaries per dataset and method (``scripts/frontier.py``'s ``summarize_methods``).
+    :param references: Anchors per dataset.
+    :param ibc_ranges: The common ΔIBC cost range per dataset.
+    """
     names = list(results)
-    methods = sorted({m for summary in results.values() for m in summary}, key=lambda m: -results[names[0]].get(m, {"apgr": -1})["apgr"])
+    first = results[names[0]]
+    methods = sorted({m for summary in results.values() for m in summary}, key=lambda m: -first[m]["apgr"]["value"] if m in first else 1.0)
     lines = [
         (
             "Learned routers trained on the source's train split only; targets simulated into cached trees "
@@ -111,10 +125,21 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], references: dict[str
         f"| {name} | {ref.weak_accuracy:.3f} | {ref.strong_accuracy:.3f} | {ref.strong_tokens_per_query:.1f} |"
         for name, ref in references.items()
     ]
-    for key, title in (("mean_delta_ibc", "Mean ΔIBC"), ("apgr", "APGR")):
+    ranges = "; ".join(
+        f"{name} [{r[0]:.3f}, {r[1]:.3f}]" if (r := ibc_ranges[name]) is not None else f"{name} none" for name in names
+    )
+    titles = (
+        ("mean_delta_ibc", f"Mean ΔIBC (over each dataset's common c range of the non-oracle methods: {ranges}; † = not covered)"),
+        ("apgr", "APGR (own points plus weak-only, flat beyond the last point)"),
+    )
+    for key, title in titles:
         lines += ["", f"{title} per method and dataset:", "", "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for method in methods:
-            cells = [f"{results[name][method][key]:.3f}" if method in results[name] else "—" for name in names]
+            cells = []
+            for name in names:
+                entry = results[name].get(method, {}).get(key, {"value": None})
+                mark = " †" if key == "mean_delta_ibc" and entry["value"] is not None and not entry["covers_range"] else ""
+                cells.append("—" if entry["value"] is None else f"{entry['value']:.3f}{mark}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,16 +159,17 @@ def main() -> None:
     out = Path(args.out)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     references: dict[str, metrics.Reference] = {}
+    ibc_ranges: dict[str, tuple[float, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="trim-transfer-") as workdir:
         for name, trees in target_datasets(args.n_queries, args.seed, Path(workdir)).items():
             points = dataset_points(trees, thresholds, routers, baselines, cfg)
             run_dir = out / name.split(" ")[0]
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "results.json").write_text(json.dumps({"dataset": name, "points": points}, indent=2) + "\n")
-            results[name] = summarize(points, trees)
+            results[name], ibc_ranges[name] = summarize(points, trees)
             references[name] = reference(trees)
             print(f"evaluated {name}: {len(points)} points", flush=True)
-    report = markdown(results, references)
+    report = markdown(results, references, ibc_ranges)
     (out / "transfer.md").write_text(report + "\n")
     (out / "transfer.json").write_text(
         json.dumps(
@@ -151,6 +177,7 @@ def main() -> None:
                 "config": OmegaConf.to_container(cfg, resolve=True),
                 "routers": args.routers,
                 "references": {name: ref.__dict__ for name, ref in references.items()},
+                "delta_ibc_ranges": ibc_ranges,
                 "methods": results,
             },
             indent=2,

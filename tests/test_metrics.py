@@ -18,6 +18,7 @@ from trim_env.metrics import (
     delta_ibc,
     envelope,
     mean_delta_ibc,
+    mean_envelope_delta_ibc,
     normalized_cost,
     pareto_points,
     pgr,
@@ -142,6 +143,48 @@ def test_mean_delta_ibc_is_nan_when_every_point_is_nan() -> None:
     assert math.isnan(mean_delta_ibc([0.5, 0.6], [0.0, 0.0], REFERENCE))
 
 
+@pytest.mark.parametrize(
+    ("lower", "upper", "expected"),
+    [
+        (0.25, 0.5, 1.0),  # PGR = 2c on the first segment: ΔIBC(c) = 1 throughout
+        (0.5, 1.0, 2.0 * math.log(2.0) - 1.0),  # flat PGR = 1: mean of 1/c − 1 is ln 2 / 0.5 − 1
+        (0.5, 0.5, 1.0),  # one cost: ΔIBC at the point (0.5, 1)
+    ],
+    ids=["on_a_segment", "on_the_flat_tail", "single_cost"],
+)
+def test_mean_envelope_delta_ibc_averages_pgr_over_cost_on_the_range(
+    lower: float, upper: float, expected: float
+) -> None:
+    assert mean_envelope_delta_ibc([0.0, 0.5], [0.0, 1.0], lower, upper) == pytest.approx(expected)
+
+
+def test_mean_envelope_delta_ibc_matches_a_fine_grid_average() -> None:
+    costs, pgrs = [0.0, 0.1, 0.3, 0.7, 0.5], [0.0, 0.4, 0.6, 0.9, 0.5]
+    grid = np.linspace(0.15, 0.9, 200_001)
+    expected = np.mean(envelope(costs, pgrs, grid) / grid - 1.0)
+    assert mean_envelope_delta_ibc(costs, pgrs, 0.15, 0.9) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_envelope_delta_ibc_equals_automix_delta_ibc_at_a_pareto_point() -> None:
+    # (c, PGR) = (0.2, 0.8) is accuracy 0.82 at 20 strong tokens under REFERENCE.
+    assert mean_envelope_delta_ibc([0.0, 0.2], [0.0, 0.8], 0.2, 0.2) == pytest.approx(
+        delta_ibc(0.82, 20.0, REFERENCE)
+    )
+
+
+def test_mean_envelope_delta_ibc_is_nan_below_the_cheapest_point() -> None:
+    assert math.isnan(mean_envelope_delta_ibc([0.3, 0.6], [0.5, 0.9], 0.2, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "message"),
+    [(0.0, 0.5, "lower must be positive"), (0.5, 0.4, "upper must be >= lower")],
+)
+def test_mean_envelope_delta_ibc_rejects_a_bad_range(lower: float, upper: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mean_envelope_delta_ibc([0.0, 1.0], [0.0, 1.0], lower, upper)
+
+
 # --- Pareto set and envelope -------------------------------------------------------------
 
 
@@ -221,11 +264,12 @@ def test_cpt_is_nan_when_target_is_never_reached() -> None:
         ([0.0, 1.0], [0.0, 1.0], 0.5),  # straight weak→strong line
         ([0.0, 0.2, 1.0], [0.0, 0.8, 1.0], 0.08 + 0.72),  # 0.2*0.8/2 + 0.8*(0.8+1)/2
         ([0.0, 0.5], [0.0, 1.0], 0.25 + 0.5),  # flat at 1 after the last point
+        ([0.0, 0.5], [0.0, 0.7], 0.175 + 0.35),  # flat at 0.7, not drawn up to strong-only
         ([0.5, 1.0], [0.5, 1.0], 0.375),  # zero below the cheapest point: 0.5*(0.5+1)/2
         ([0.0, 2.0], [0.0, 1.0], 0.25),  # clipped at c=1 where the envelope is 0.5
         ([1.0], [1.0], 0.0),  # nothing cheaper than strong-only
     ],
-    ids=["diagonal", "knee", "flat_tail", "no_weak_anchor", "clipped_at_one", "only_strong"],
+    ids=["diagonal", "knee", "flat_tail", "stops_short_of_strong", "no_weak_anchor", "clipped_at_one", "only_strong"],
 )
 def test_apgr_integrates_envelope_exactly_on_unit_cost(
     costs: list[float], pgrs: list[float], expected: float

@@ -1,10 +1,11 @@
 """Calibration of simulator presets to real measurements (figures, not model outputs).
 
-The targets come from ``shared/data/reference/trim_qwen1.5b_7b_math.json`` (measured by the TRIM
-authors' code release: Qwen2.5-1.5B-Instruct weak, Qwen2.5-7B-Instruct strong, Qwen2.5-Math-PRM-7B)
-and from ``shared/README.md`` (AUROCs measured on real MATH-500 trajectories). The file itself is
-never copied into the project: only the fitted parameters are committed, in
-``trim_env/presets/<preset>.json``, with the source named.
+The targets come from ``trim_env/references/trim_qwen1.5b_7b_math.json`` (measured by the TRIM
+authors' code release: Qwen2.5-1.5B-Instruct weak, Qwen2.5-7B-Instruct strong, Qwen2.5-Math-PRM-7B;
+shipped in the package as published measurements reproduced with attribution, see
+``trim_env/references/README.md``) and from ``shared/README.md`` (AUROCs measured on real MATH-500
+trajectories). The fitted parameters are committed in ``trim_env/presets/<preset>.json``, with the
+source named.
 
 The fit matches the *on-policy* TRIM-Thr frontier (accuracy and normalised cost at 21 thresholds),
 weak-only and strong-only accuracy, tokens and steps, and the signal quality of the minimum step
@@ -37,7 +38,7 @@ from trim_env.evaluation import run_thresholds, reference as split_reference
 from trim_env.simulate import SimulatedTrees, SimulatorParams, follow_constant
 from trim_env.tree import MAX_STEPS
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "trim_qwen1.5b_7b_math.json"
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / "references" / "trim_qwen1.5b_7b_math.json"
 
 #: Real signal-quality figures from shared/README.md (real MATH-500 trajectories, math-verify grading).
 MIN_SCORE_AUROC_TARGET = 0.87  # 0.862-0.884 across three weak models and two PRMs

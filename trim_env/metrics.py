@@ -8,6 +8,8 @@ points forms a *frontier*, summarised by:
 * **CPT(x)** - least normalized cost at which the frontier's upper envelope reaches PGR ≥ x.
 * **APGR** - area under the PGR-vs-cost envelope on ``c ∈ [0, 1]``.
 * **ΔIBC** - AutoMix's relative incremental benefit per cost over the weak→strong line.
+* **mean envelope ΔIBC** - ΔIBC along the envelope, averaged over a given cost range, so that
+  frontiers measured at different costs are compared on the same range.
 
 The upper envelope connects consecutive Pareto-optimal points with straight lines (a router
 can mix two policies at random and land anywhere on that segment). It is deliberately *not*
@@ -39,6 +41,7 @@ __all__ = [
     "cpt",
     "apgr",
     "mean_delta_ibc",
+    "mean_envelope_delta_ibc",
     "summarize_frontier",
     "auroc",
 ]
@@ -357,8 +360,10 @@ def apgr(costs: ArrayLike, pgrs: ArrayLike) -> float:
 
     The envelope is integrated exactly with the trapezoid rule at its breakpoints. Below the
     cheapest point it counts as 0 (callers normally include the weak-only point at c=0, in
-    which case this never applies); points with c > 1 only contribute through the segment
-    that crosses c = 1. PGR values are integrated as given, so negative PGR subtracts area.
+    which case this never applies); beyond the most expensive Pareto point it stays flat at
+    that point's PGR, as in :func:`envelope`, so a frontier given without the strong-only point
+    is not drawn up to it. Points with c > 1 only contribute through the segment that crosses
+    c = 1. PGR values are integrated as given, so negative PGR subtracts area.
 
     :param costs: Per-point normalized costs.
     :param pgrs: Per-point PGR values.
@@ -397,6 +402,52 @@ def mean_delta_ibc(
     if defined.size == 0:
         return math.nan
     return float(defined.mean())
+
+
+def mean_envelope_delta_ibc(costs: ArrayLike, pgrs: ArrayLike, lower: float, upper: float) -> float:
+    """Mean of ``ΔIBC(c) = PGR_env(c) / c − 1`` over normalized costs ``c ∈ [lower, upper]``.
+
+    ``PGR_env`` is the frontier's upper envelope (:func:`envelope`: straight between neighbouring
+    Pareto points, flat beyond the most expensive one). The mean is exact: on each envelope segment
+    ``PGR_env(c) = α + βc`` integrates to ``α ln(c₂/c₁) + β (c₂ − c₁)`` over ``c``.
+
+    Relation to :func:`delta_ibc`: with the weak-only policy at zero strong cost, AutoMix's
+    per-point ``ΔIBC = IBC_π / IBC_base − 1 = PGR_π / c_π − 1``, so ``ΔIBC(c)`` equals
+    :func:`delta_ibc` of every Pareto point at that point's cost and follows the envelope between
+    them. :func:`mean_delta_ibc` averages over whichever points a frontier happens to have; this
+    averages over a fixed range, so two frontiers are compared at the same costs.
+
+    :param costs: Per-point normalized costs.
+    :param pgrs: Per-point PGR values.
+    :param lower: Lowest normalized cost of the range; must be positive (ΔIBC(c) is undefined at 0).
+    :param upper: Highest normalized cost of the range, ``≥ lower``; ``upper == lower`` gives ΔIBC
+        at that one cost.
+    :return: The mean; ``nan`` if ``lower`` is below the cheapest point (the envelope is undefined
+        there).
+    :raises ValueError: If the frontier is invalid, ``lower`` is not positive or ``upper < lower``.
+    """
+    low = _check_finite_scalar("lower", lower)
+    high = _check_finite_scalar("upper", upper)
+    if low <= 0.0:
+        raise ValueError(
+            f"lower must be positive (ΔIBC(c) = PGR/c − 1 is undefined at c = 0), got {low!r}"
+        )
+    if high < low:
+        raise ValueError(f"upper must be >= lower, got upper={high!r} < lower={low!r}")
+    curve_costs, curve_values = _pareto_curve(costs, pgrs)
+    if low < curve_costs[0]:
+        return math.nan
+    if high == low:
+        return float(np.interp(low, curve_costs, curve_values)) / low - 1.0
+    interior = curve_costs[(curve_costs > low) & (curve_costs < high)]
+    breakpoints = np.concatenate(([low], interior, [high]))
+    heights = np.interp(breakpoints, curve_costs, curve_values)
+    slopes = np.diff(heights) / np.diff(breakpoints)
+    intercepts = heights[:-1] - slopes * breakpoints[:-1]
+    integral = np.sum(
+        intercepts * np.log(breakpoints[1:] / breakpoints[:-1]) + slopes * np.diff(breakpoints)
+    )
+    return float(integral) / (high - low) - 1.0
 
 
 def summarize_frontier(

@@ -1,0 +1,399 @@
+"""The Pareto-frontier report (scripts/frontier.py): every number comes from a method's own points.
+
+Synthetic results.json files in tmp_path, on a split with weak-only accuracy 0.4, strong-only 0.8
+and 500 strong tokens per query, so a point at (c, PGR) has accuracy 0.4 + 0.4 PGR and 500 c
+strong tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from trim_env import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+WEAK, STRONG, STRONG_TOKENS = 0.4, 0.8, 500.0
+REFERENCE = metrics.Reference(weak_accuracy=WEAK, strong_accuracy=STRONG, strong_tokens_per_query=STRONG_TOKENS)
+
+
+def _load_frontier_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("trim_frontier_script", ROOT / "scripts" / "frontier.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+frontier = _load_frontier_script()
+
+
+def point(policy: str, cost: float, pgr: float, **extra: Any) -> dict[str, Any]:
+    """A results.json point at normalised cost ``cost`` and PGR ``pgr``."""
+    return {"policy": policy, "accuracy": WEAK + (STRONG - WEAK) * pgr, "strong_tokens_per_query": STRONG_TOKENS * cost, **extra}
+
+
+def anchors() -> list[dict[str, Any]]:
+    return [point("weak-only", 0.0, 0.0, parameter=None), point("strong-only", 1.0, 1.0, parameter=None)]
+
+
+def write_results(directory: Path, points: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    path.write_text(json.dumps({"config": {}, "points": anchors() + points}))
+    return path
+
+
+def run_report(tmp_path: Path, *arguments: str) -> tuple[str, dict[str, Any]]:
+    """Run the command line on ``arguments``; returns frontier.md and the parsed frontier.json."""
+    out = tmp_path / "report"
+    frontier.main([*arguments, "--out", str(out)])
+    return (out / "frontier.md").read_text(), json.loads((out / "frontier.json").read_text())
+
+
+# A frontier that stops at PGR 0.7: (c, PGR) = (0.2, 0.5), (0.5, 0.7).
+SHORT = [point("short", 0.2, 0.5, parameter=1.0), point("short", 0.5, 0.7, parameter=2.0)]
+
+
+@pytest.fixture(scope="module")
+def short_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, Any]]:
+    """One report on SHORT alone (read-only for tests): its directory, frontier.md and frontier.json."""
+    tmp_path = tmp_path_factory.mktemp("short")
+    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", SHORT)))
+    return tmp_path / "report", markdown, report
+
+
+# ----------------------------------------------------------------------------------------------
+# Own points only
+
+
+def test_cpt_and_apgr_use_own_points_and_weak_only_never_the_strong_only_anchor() -> None:
+    summary = frontier.summarize_method(SHORT, REFERENCE, None)
+    # Own envelope: (0, 0) → (0.2, 0.5) → (0.5, 0.7), then flat at 0.7 up to c = 1.
+    assert summary["apgr"]["value"] == pytest.approx(0.2 * 0.5 / 2 + 0.3 * (0.5 + 0.7) / 2 + 0.5 * 0.7)
+    assert summary["cpt50"]["value"] == pytest.approx(0.2)
+    assert summary["cpt80"]["value"] is None and summary["cpt95"]["value"] is None
+    # The old report's envelope ran on to strong-only (1, 1): more area and CPTs that were never measured.
+    accuracy = [WEAK, STRONG] + [p["accuracy"] for p in SHORT]
+    tokens = [0.0, STRONG_TOKENS] + [p["strong_tokens_per_query"] for p in SHORT]
+    with_strong_only = metrics.summarize_frontier(accuracy, tokens, REFERENCE)
+    assert with_strong_only.apgr == pytest.approx(0.2 * 0.5 / 2 + 0.3 * (0.5 + 0.7) / 2 + 0.5 * (0.7 + 1.0) / 2)
+    assert with_strong_only.apgr > summary["apgr"]["value"]
+    assert with_strong_only.cpt80 == pytest.approx(0.5 + 0.5 * 0.1 / 0.3)
+
+
+@pytest.mark.parametrize(("key", "column"), [("cpt80", "CPT(80%)"), ("cpt95", "CPT(95%)")])
+def test_a_cpt_the_points_do_not_reach_is_reported_with_the_best_point(
+    short_report: tuple[Path, str, dict[str, Any]], key: str, column: str
+) -> None:
+    _, markdown, report = short_report
+    header = next(line for line in markdown.splitlines() if line.startswith("| method"))
+    row = next(line for line in markdown.splitlines() if line.startswith("| short |"))
+    cell = row.split(" | ")[header.split(" | ").index(column)]
+    assert cell == "not reached (max PGR 0.700 at c 0.500)"
+    entry = report["methods"]["short"][key]
+    assert entry["value"] is None
+    assert entry["max_pgr"] == pytest.approx(0.7) and entry["at_cost"] == pytest.approx(0.5)
+
+
+def test_a_cpt_counts_as_reached_only_if_every_seed_reaches_it() -> None:
+    points = [point("agg", 0.5, 0.85, seed=0, **{"lambda": 0.01}), point("agg", 0.4, 0.75, seed=1, **{"lambda": 0.01})]
+    entry = frontier.summarize_method(points, REFERENCE, None)["cpt80"]
+    assert entry["value"] is None and entry["seeds_reached"] == 1 and entry["n_seeds"] == 2
+    assert entry["max_pgr"] == pytest.approx(0.75) and entry["at_cost"] == pytest.approx(0.4)
+    assert frontier.format_cpt(entry).startswith("not reached by every seed (1 of 2 do")
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds
+
+
+def test_seed_spread_is_the_sd_with_ddof_1(tmp_path: Path) -> None:
+    pgrs = [0.5, 0.6, 0.8]
+    for seed, pgr in enumerate(pgrs):
+        write_results(tmp_path / "multirun" / str(seed), [point("agg", 0.4, pgr, seed=seed, **{"lambda": 0.01})])
+    markdown, report = run_report(tmp_path, str(tmp_path / "multirun"))
+    apgrs = [0.4 * pgr / 2 + 0.6 * pgr for pgr in pgrs]
+    summary = report["methods"]["agg"]
+    assert summary["apgr"]["value"] == pytest.approx(np.mean(apgrs))
+    assert summary["apgr"]["sd"] == pytest.approx(np.std(apgrs, ddof=1))
+    assert f"{np.mean(apgrs):.3f} ± {np.std(apgrs, ddof=1):.3f}" in markdown
+    (mean_point,) = report["mean_points"]["agg"]
+    assert mean_point["accuracy_sd"] == pytest.approx(np.std([WEAK + 0.4 * p for p in pgrs], ddof=1))
+
+
+def test_one_seed_has_no_spread(short_report: tuple[Path, str, dict[str, Any]]) -> None:
+    _, markdown, report = short_report
+    assert report["methods"]["short"]["apgr"]["sd"] is None
+    assert "±" not in next(line for line in markdown.splitlines() if line.startswith("| short |"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mean ΔIBC on one common cost range
+
+
+def test_mean_delta_ibc_is_taken_over_the_common_range_of_the_non_oracle_methods(tmp_path: Path) -> None:
+    points = {
+        "a": [point("a", 0.1, 0.3, parameter=1.0), point("a", 0.6, 0.8, parameter=2.0)],
+        # B's point at c = 0 has no ΔIBC and does not widen its range.
+        "b": [point("b", 0.0, 0.0, parameter=0.0), point("b", 0.2, 0.4, parameter=1.0), point("b", 0.8, 0.9, parameter=2.0)],
+        "oracle": [point("oracle", 0.01, 0.6, parameter=1.0), point("oracle", 0.05, 1.2, parameter=2.0)],
+    }
+    files = [write_results(tmp_path / name, group) for name, group in points.items()]
+    markdown, report = run_report(tmp_path, *map(str, files))
+    assert report["delta_ibc_range"] == pytest.approx([0.2, 0.6])
+    assert "mean ΔIBC, c ∈ [0.200, 0.600]" in markdown
+    for name, group in points.items():
+        costs = [0.0] + [p["strong_tokens_per_query"] / STRONG_TOKENS for p in group]
+        pgrs = [0.0] + [metrics.pgr(p["accuracy"], REFERENCE) for p in group]
+        expected = metrics.mean_envelope_delta_ibc(costs, pgrs, 0.2, 0.6)
+        assert report["methods"][name]["mean_delta_ibc"]["value"] == pytest.approx(expected)
+    assert report["methods"]["oracle"]["mean_delta_ibc"]["covers_range"] is False
+    assert "| oracle |" in markdown and next(line for line in markdown.splitlines() if line.startswith("| oracle |")).endswith("† |")
+
+
+def test_mean_delta_ibc_is_left_out_when_the_ranges_do_not_overlap(tmp_path: Path) -> None:
+    points = [point("a", 0.1, 0.3, parameter=1.0), point("a", 0.2, 0.5, parameter=2.0),
+              point("b", 0.5, 0.6, parameter=1.0), point("b", 0.9, 0.9, parameter=2.0)]
+    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", points)))
+    assert report["delta_ibc_range"] is None
+    assert "mean ΔIBC (no common c range)" in markdown
+    assert report["methods"]["a"]["mean_delta_ibc"]["value"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Matched cost against the baseline
+
+
+def test_matched_cost_compares_only_inside_the_baselines_measured_range(tmp_path: Path) -> None:
+    thr = [point("thr", 0.1, 0.3, parameter=0.1), point("thr", 0.5, 0.7, parameter=0.5)]
+    agg = [point("agg", 0.3, 0.6, **{"lambda": 0.01}), point("agg", 0.8, 0.9, **{"lambda": 0.002})]
+    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", thr + agg)), "--baseline", "thr")
+    inside, outside = report["matched_cost"]["agg"]["points"]
+    assert inside["baseline_accuracy"] == pytest.approx(WEAK + 0.4 * 0.5)  # halfway from (0.1, 0.3) to (0.5, 0.7)
+    assert outside["baseline_accuracy"] is None
+    assert outside["note"] == "outside thr's measured c range [0.100, 0.500]"
+    assert report["matched_cost"]["agg"]["n_compared"] == 1
+    assert report["matched_cost"]["agg"]["share_at_least_baseline"] == 1.0
+    assert "| 0.800 | 0.760 | outside thr's measured c range [0.100, 0.500] |" in markdown
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathering and robustness
+
+
+def test_gathers_run_dirs_multirun_dirs_and_files_together(tmp_path: Path) -> None:
+    single = write_results(tmp_path / "thr_run", [point("thr", 0.3, 0.6, parameter=0.5)])
+    for seed in (0, 1):
+        write_results(tmp_path / "multirun" / str(seed), [point("agg", 0.3, 0.5 + 0.1 * seed, seed=seed, **{"lambda": 0.01})])
+    file = write_results(tmp_path / "loose", [point("random", 0.5, 0.5, parameter=0.5)])
+    # The thr file is named twice (through its run dir and itself) and counted once.
+    _, report = run_report(tmp_path, str(tmp_path / "thr_run"), str(single), str(tmp_path / "multirun"), str(file))
+    assert set(report["methods"]) == {"thr", "agg", "random"}
+    assert report["methods"]["thr"]["n_points"] == 1
+    assert report["methods"]["agg"]["seeds"] == [0, 1]
+    assert str(single) in report["files"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"points": [{"policy": "thr", "accur', "not valid JSON, perhaps half-written"),
+        ('{"config": {}}', "field 'points' is missing, empty or not a list"),
+        ('{"points": [{"policy": "thr", "strong_tokens_per_query": 10.0}]}', "points[0] (thr): field 'accuracy' is None"),
+        ('{"points": [{"policy": "thr", "accuracy": "0.5", "strong_tokens_per_query": 1}]}', "field 'accuracy' is '0.5'"),
+        ('{"points": [{"policy": "thr", "accuracy": 0.5, "strong_tokens_per_query": -1}]}', "field 'strong_tokens_per_query' is -1"),
+        ('[1, 2]', "field 'points' is missing, empty or not a list"),
+    ],
+    ids=["half_written", "no_points", "missing_accuracy", "accuracy_not_a_number", "negative_tokens", "not_an_object"],
+)
+def test_an_unusable_results_file_is_named_on_stderr_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    good = write_results(tmp_path / "good", SHORT)
+    bad = tmp_path / "bad" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text(content)
+    markdown, report = run_report(tmp_path, str(good), str(bad))
+    stderr = capsys.readouterr().err
+    assert f"skipped {bad}" in stderr and message in stderr
+    assert report["skipped_files"] == [{"file": str(bad), "reason": report["skipped_files"][0]["reason"]}]
+    assert message in report["skipped_files"][0]["reason"] and str(bad) in markdown
+    assert set(report["methods"]) == {"short"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("only_bad", "no weak-only or strong-only point in the 0 usable results files (1 skipped)"),
+        ("only_anchors", "no method points (only anchors)"),
+        ("missing_path", "no results.json under"),
+    ],
+)
+def test_the_report_fails_with_a_clear_message_only_when_nothing_usable_remains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, message: str
+) -> None:
+    target = tmp_path / "runs" / "results.json"
+    if setup == "only_bad":
+        target.parent.mkdir()
+        target.write_text("{")
+    elif setup == "only_anchors":
+        write_results(target.parent, [])
+    with pytest.raises(SystemExit) as exit_info:
+        frontier.main([str(target if setup != "missing_path" else tmp_path / "nowhere"), "--out", str(tmp_path / "report")])
+    assert "frontier.py: error:" in str(exit_info.value) and message in str(exit_info.value)
+    assert not (tmp_path / "report").exists()
+
+
+def test_anchors_that_differ_across_files_are_an_error(tmp_path: Path) -> None:
+    first = write_results(tmp_path / "a", SHORT)
+    other = tmp_path / "b" / "results.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"points": [point("weak-only", 0.0, 0.1), point("strong-only", 1.0, 1.0)]}))
+    with pytest.raises(SystemExit, match="weak-only accuracy .* differs .* different splits"):
+        frontier.main([str(first), str(other), "--out", str(tmp_path / "report")])
+
+
+def test_outputs_are_replaced_atomically_and_no_temporary_file_is_left(tmp_path: Path) -> None:
+    run_report(tmp_path, str(write_results(tmp_path / "run", SHORT)))
+    out = tmp_path / "report"
+    assert sorted(path.name for path in out.iterdir()) == sorted(frontier.OUTPUTS)
+    before = (out / "frontier.md").read_text()
+
+    def fail_half_way(path: Path) -> None:
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        frontier.write_atomic(out / "frontier.md", fail_half_way)
+    assert (out / "frontier.md").read_text() == before
+    assert sorted(path.name for path in out.iterdir()) == sorted(frontier.OUTPUTS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure
+
+
+def test_png_and_pdf_are_written(short_report: tuple[Path, str, dict[str, Any]]) -> None:
+    out, _, report = short_report
+    assert (out / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "frontier.pdf").read_bytes().startswith(b"%PDF")
+    assert report["figure"]["files"] == ["frontier.png", "frontier.pdf"]
+
+
+def _legend_labels(axis: Any) -> list[str]:
+    return [text.get_text() for text in axis.get_legend().get_texts()]
+
+
+def test_the_oracle_gets_its_own_panel(tmp_path: Path) -> None:
+    methods = {"short": SHORT, "oracle": [point("oracle", 0.02, 0.9, parameter=1.0), point("oracle", 0.05, 1.4, parameter=2.0)]}
+    figure, panels = frontier.draw_figure(methods, REFERENCE, "title", None)
+    try:
+        main_axis, oracle_axis = figure.axes
+        assert panels == {"main": ["short"], "oracle": ["oracle"]}
+        assert "short" in _legend_labels(main_axis) and "oracle" not in _legend_labels(main_axis)
+        assert "oracle" in _legend_labels(oracle_axis) and "short" not in _legend_labels(oracle_axis)
+        assert "oracle" in oracle_axis.get_title()
+        assert all(axis.get_xlabel() == "c(π) = strong tokens / strong-only tokens" for axis in figure.axes)
+    finally:
+        plt.close(figure)
+    _, report = run_report(tmp_path, str(write_results(tmp_path / "run", [p for group in methods.values() for p in group])))
+    assert report["figure"]["panels"] == {"main": ["short"], "oracle": ["oracle"]}
+
+
+def test_no_oracle_means_one_panel() -> None:
+    figure, panels = frontier.draw_figure({"short": SHORT}, REFERENCE, "title", None)
+    try:
+        assert len(figure.axes) == 1 and panels["oracle"] == []
+    finally:
+        plt.close(figure)
+
+
+def test_the_envelope_is_solid_to_the_last_point_and_the_line_to_strong_only_is_dashed_interpolation() -> None:
+    figure, _ = frontier.draw_figure({"short": SHORT}, REFERENCE, "title", None)
+    try:
+        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+        solid = lines["short"]
+        assert solid.get_linestyle() == "-"
+        np.testing.assert_allclose(solid.get_xdata(), [0.0, 0.2, 0.5])
+        dashed = lines[frontier.INTERPOLATION_LABEL]
+        assert dashed.get_linestyle() == "--" and "interpolation" in dashed.get_label()
+        np.testing.assert_allclose(dashed.get_xdata(), [0.5, 1.0])
+        np.testing.assert_allclose(dashed.get_ydata(), [WEAK + 0.4 * 0.7, STRONG])
+    finally:
+        plt.close(figure)
+
+
+def test_seed_spread_is_drawn_as_a_band() -> None:
+    points = [point("agg", 0.3 + 0.1 * lam, pgr, seed=seed, **{"lambda": lam}) for seed, pgr in enumerate((0.5, 0.6)) for lam in (1.0, 2.0)]
+    figure, _ = frontier.draw_figure({"agg": points}, REFERENCE, "title", None)
+    try:
+        axis = figure.axes[0]
+        assert len(axis.collections) == 1  # the fill_between band
+        assert "accuracy mean ± SD over seeds (ddof = 1)" in _legend_labels(axis)
+    finally:
+        plt.close(figure)
+
+
+def _real_reference_file(tmp_path: Path) -> Path:
+    path = tmp_path / "real.json"
+    frontier_points = [
+        {"threshold": 0.0, "accuracy": 0.3, "avg_target_tokens_per_question": 0.0},
+        {"threshold": 0.5, "accuracy": 0.6, "avg_target_tokens_per_question": 200.0},
+    ]
+    path.write_text(json.dumps({
+        "math500_weak_only": {"accuracy": 0.3},
+        "math500_strong_only": {"accuracy": 0.7, "strong_tokens_per_question": 400.0},
+        "math500_trim_thr_frontier": frontier_points,
+    }))
+    return path
+
+
+@pytest.mark.parametrize("given", ["absent", "packaged", "file"])
+def test_the_real_overlay_is_drawn_only_when_asked_and_labelled_as_real(tmp_path: Path, given: str) -> None:
+    arguments = [str(write_results(tmp_path / "run", SHORT))]
+    if given == "packaged":
+        arguments.append("--real-reference")  # no value: the file shipped in trim_env/references/
+    elif given == "file":
+        arguments += ["--real-reference", str(_real_reference_file(tmp_path))]
+    markdown, report = run_report(tmp_path, *arguments)
+    assert "simulated, not real model results" in markdown
+    if given == "absent":
+        assert report["real_reference"] is None and "is real" not in markdown
+        return
+    real = report["real_reference"]
+    assert real["label"] == "real TRIM-Thr (Qwen2.5-1.5B→7B, authors' release)"
+    assert f"\"{real['label']}\" is real" in markdown
+    if given == "packaged":
+        assert Path(real["file"]) == frontier.PACKAGED_REFERENCE and real["strong_accuracy"] == pytest.approx(0.73)
+        assert len(real["points"]) == 21
+    else:
+        assert [p["normalized_cost"] for p in real["points"]] == pytest.approx([0.0, 0.5])
+    figure, _ = frontier.draw_figure({"short": SHORT}, REFERENCE, "title", None, frontier.load_real_reference(Path(real["file"])))
+    try:
+        labels = _legend_labels(figure.axes[0])
+        assert real["label"] in labels and "real weak-only / strong-only (authors' release)" in labels
+    finally:
+        plt.close(figure)
+
+
+def test_a_bad_real_reference_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "real.json"
+    bad.write_text(json.dumps({"math500_weak_only": {"accuracy": 0.3}}))
+    with pytest.raises(SystemExit, match="real reference .*real.json: missing or invalid field 'math500_strong_only'"):
+        frontier.main([str(write_results(tmp_path / "run", SHORT)), "--real-reference", str(bad), "--out", str(tmp_path / "report")])
+
+
+def test_the_packaged_reference_is_the_one_calibration_reads() -> None:
+    from trim_env.calibration import DEFAULT_REFERENCE
+
+    assert frontier.PACKAGED_REFERENCE.resolve() == DEFAULT_REFERENCE.resolve()
+    assert DEFAULT_REFERENCE.exists() and math.isclose(json.loads(DEFAULT_REFERENCE.read_text())["math500_weak_only"]["accuracy"], 0.364)
