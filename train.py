@@ -23,7 +23,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents.export import load_router, write_router
+from agents.export import load_router, write_router, write_training_queries
 from agents.tracking import make_tracker
 from trim_env.data import default_dataset_dir, load_trees
 from trim_env.evaluation import (
@@ -140,6 +140,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown policy.name {cfg.policy.name!r}; train.py trains agg, seq, thr and pomdp")
 
+    write_training_queries(router_dir, train_trees.query_id)  # training and validation parts
     router = load_router(router_dir)  # evaluate exactly what was exported
     point = make_point(cfg.policy.name, lam, run_episodes(test_trees, router), reference(test_trees))
     for trees in (train_trees, validation, test_trees):

@@ -29,6 +29,8 @@ from trim_env.tree import MAX_STEPS
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: The ids of the queries a router was trained (and had its checkpoint chosen) on.
+TRAINING_QUERIES_FILE = "training_queries.json"
 
 
 def feature_spec() -> dict[str, Any]:
@@ -66,6 +68,37 @@ def write_router(directory: str | Path, config: dict[str, Any], weights: dict[st
         save_file({name: tensor.detach().contiguous().cpu() for name, tensor in weights.items()}, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return directory
+
+
+def write_training_queries(directory: str | Path, query_ids: list[str]) -> Path:
+    """Record the identity of a router's training data: the ids of every query it saw."""
+    path = Path(directory) / TRAINING_QUERIES_FILE
+    path.write_text(json.dumps({"query_ids": sorted(query_ids)}) + "\n")
+    return path
+
+
+def check_not_trained_on(directory: str | Path, query_ids: list[str], allow: bool = False) -> None:
+    """Refuse to score the router in ``directory`` on queries it was trained on.
+
+    :param directory: the exported router.
+    :param query_ids: the ids of the queries about to be evaluated.
+    :param allow: score anyway (e.g. to measure the fit on the training data on purpose).
+    :raises ValueError: naming the router, how many queries overlap, one of them and the override.
+    """
+    path = Path(directory) / TRAINING_QUERIES_FILE
+    if allow or not path.exists():  # routers exported before training data was recorded carry no ids
+        return
+    try:
+        trained = set(json.loads(path.read_text())["query_ids"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a list of training query ids ({error})") from error
+    overlap = sorted(trained.intersection(query_ids))
+    if overlap:
+        raise ValueError(
+            f"the router in {directory} was trained on {len(overlap)} of the {len(query_ids)} evaluated queries "
+            f"(e.g. {overlap[0]!r}, listed in {path}): its score there measures memorisation, not routing. Evaluate on "
+            "other queries, or pass policy.allow_training_queries=true to score it anyway"
+        )
 
 
 def _load_actor(directory: Path, config: dict[str, Any]) -> Router:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from agents import load_router  # noqa: E402
+from agents.export import check_not_trained_on  # noqa: E402
 from trim_env.data import load_trees  # noqa: E402
 from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds, write_results  # noqa: E402
 
@@ -41,6 +42,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         for threshold, outcomes in zip(thresholds, run_thresholds(trees, thresholds)):
             points.append(make_point("thr", threshold, outcomes, anchors))
     elif name == "router":
+        check_not_trained_on(cfg.policy.path, trees.query_id, bool(cfg.policy.allow_training_queries))
         router = load_router(cfg.policy.path)
         label = f"router:{router.config['policy']}"  # type: ignore[attr-defined]
         points.append(make_point(label, router.config.get("lambda"), run_episodes(trees, router), anchors))  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from frontier import summarize_methods  # noqa: E402  (the report's own frontier summary)
 
 from agents import load_router  # noqa: E402
+from agents.export import check_not_trained_on  # noqa: E402
 from agents.baselines.suite import baseline_points, fit_query_routers  # noqa: E402
 from trim_env import metrics  # noqa: E402
 from trim_env.data import default_recipe, load_trees, open_split  # noqa: E402
@@ -162,6 +163,8 @@ def main() -> None:
     ibc_ranges: dict[str, tuple[float, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="trim-transfer-") as workdir:
         for name, trees in target_datasets(args.n_queries, args.seed, Path(workdir)).items():
+            for path in args.routers:
+                check_not_trained_on(path, trees.query_id)
             points = dataset_points(trees, thresholds, routers, baselines, cfg)
             run_dir = out / name.split(" ")[0]
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,19 @@ def test_evaluate_script_reproduces_the_training_point(runs, policy, tiny_datase
         assert evaluated[-1][key] == pytest.approx(trained[-1][key], rel=1e-12, abs=1e-12), key
 
 
+def test_evaluation_refuses_a_router_on_its_own_training_queries_unless_told(runs, tiny_dataset_dir, tmp_path):
+    router = runs["thr"] / "router"
+    trained_on = json.loads((router / "training_queries.json").read_text())["query_ids"]
+    assert trained_on == sorted(load_split(tiny_dataset_dir, "train").query_id)
+    common = ["scripts/evaluate.py", "policy=router", f"policy.path={router}", f"data.path={tiny_dataset_dir}",
+              "data.persist_growth=false", "data.split=train"]
+    refused = run_script(*common, f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode != 0
+    assert "was trained on 48 of the 48 evaluated queries" in refused.stderr and "allow_training_queries" in refused.stderr
+    allowed = run_script(*common, "policy.allow_training_queries=true", f"hydra.run.dir={tmp_path / 'allowed'}")
+    assert allowed.returncode == 0, allowed.stderr
+
+
 # ------------------------------------------------------------------------------------------------
 # Exported routers
 
