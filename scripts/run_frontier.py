@@ -1,44 +1,101 @@
-"""One command for the whole frontier study on a dataset: sweeps, baselines and the report.
+"""The whole frontier study on a dataset in one command: sweeps, baselines and the report.
 
-Runs, each in its own run dir under ``--out``: the TRIM-Thr threshold sweep
-(``scripts/evaluate.py``), all baselines and the hindsight oracle (``scripts/baselines.py``), a
-Hydra multirun of ``train.py`` over the λ grid for each learned policy (jobs in parallel on the
-local cores), then ``scripts/frontier.py`` over all of it. Prints the wall time of each stage.
+Runs, each in its own run dir under ``--out/runs``: the TRIM-Thr threshold sweep
+(``scripts/evaluate.py``), all baselines and the hindsight oracle (``scripts/baselines.py``), and
+for each learned policy a Hydra multirun of ``train.py`` over the policy's λ grid
+(``sweep_lambdas`` in ``conf/policy/<name>.yaml``) and the seeds, jobs in parallel on the local
+cores. A grid is then extended to smaller λ (the next value is half the smallest) until the
+policy's own points reach PGR ≥ 0.95 (mean over seeds at one λ) or stop improving (less than
+0.01 PGR gained by the last extension). Finally
+``scripts/frontier.py`` writes the report with the real TRIM-Thr frontier drawn beside the
+simulated ones. Prints the wall time of each stage.
 
 Usage::
 
-    python scripts/run_frontier.py --out cached_rollouts/frontier                 # Thr + Agg (8 λ) + baselines
-    python scripts/run_frontier.py --policies agg seq --seeds 0 1 2 --out report/  # the full study
+    python scripts/run_frontier.py --out cached_rollouts/frontier                      # Thr, baselines, Agg, Seq, POMDP
+    python scripts/run_frontier.py --policies agg --seeds 0 --out report/              # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
-LAMBDAS = "0.002,0.005,0.0075,0.01,0.0125,0.015,0.02,0.025"
+#: A grid stops being extended once its best point recovers this much of the gap...
+TARGET_PGR = 0.95
+#: ...or once an extension gains less than this.
+MIN_GAIN = 0.01
+MAX_EXTENSIONS = 4
 
 
-def stage(name: str, command: list[str]) -> float:
-    """Run one stage, stream its output, stop everything if it fails; returns its wall time."""
+def stage(name: str, command: list[str], times: dict[str, float]) -> None:
+    """Run one stage, stream its output, stop everything if it fails; adds its wall time to ``times``."""
     print(f"\n== {name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     elapsed = time.perf_counter() - started
+    times[name] = times.get(name, 0.0) + elapsed
     print(f"== {name} took {elapsed:.1f} s", flush=True)
-    return elapsed
+
+
+def best_mean_pgr(sweep_dirs: list[Path], policy: str) -> tuple[float, float]:
+    """(best PGR of the per-λ means over seeds, the λ where it is reached) of ``policy``'s runs."""
+    by_lambda: dict[float, list[float]] = defaultdict(list)
+    for sweep_dir in sweep_dirs:
+        for path in sweep_dir.rglob("results.json"):
+            for point in json.loads(path.read_text())["points"]:
+                if point["policy"] == policy:
+                    by_lambda[float(point["lambda"])].append(float(point["pgr"]))
+    if not by_lambda:
+        raise RuntimeError(f"no {policy} results under {[str(d) for d in sweep_dirs]}")
+    lam, pgrs = max(by_lambda.items(), key=lambda item: sum(item[1]) / len(item[1]))
+    return sum(pgrs) / len(pgrs), lam
+
+
+def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path, data: list[str], times: dict[str, float]) -> None:
+    """The policy's λ grid over the seeds, extended to smaller λ while that still recovers more of the gap."""
+    python = sys.executable
+    sweep_dirs: list[Path] = []
+
+    def run(values: list[float], label: str) -> None:
+        sweep_dir = runs / f"{policy}-{label}"
+        sweep_dirs.append(sweep_dir)
+        stage(
+            f"{policy} {label}",
+            [python, "train.py", "-m", f"policy={policy}", "lambda=" + ",".join(f"{v:g}" for v in values),
+             f"seed={','.join(seeds)}", "progress_bar=false", f"hydra.sweep.dir={sweep_dir}", *data],
+            times,
+        )
+
+    run(lambdas, "grid")
+    best, _ = best_mean_pgr(sweep_dirs, policy)
+    smallest = min(lambdas)
+    for extension in range(1, MAX_EXTENSIONS + 1):
+        if best >= TARGET_PGR:
+            print(f"== {policy}: own points reach PGR {best:.3f} >= {TARGET_PGR}", flush=True)
+            return
+        smallest /= 2
+        run([smallest], f"extension{extension}")
+        previous, (best, _) = best, best_mean_pgr(sweep_dirs, policy)
+        if best - previous < MIN_GAIN:
+            print(f"== {policy}: stopped improving at PGR {best:.3f} (λ = {smallest:g} gained {best - previous:+.3f})", flush=True)
+            return
+    print(f"== {policy}: PGR {best:.3f} after {MAX_EXTENSIONS} extensions", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for the run dirs and the report")
-    parser.add_argument("--policies", nargs="+", default=["agg"], help="learned policies to sweep (agg, seq, pomdp)")
-    parser.add_argument("--lambdas", default=LAMBDAS, help="comma-separated λ grid")
-    parser.add_argument("--seeds", nargs="+", default=["0"])
+    parser.add_argument("--policies", nargs="+", default=["agg", "seq", "pomdp"], help="learned policies to sweep")
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--data-path", default=None, help="dataset directory (default: the bundled data)")
     args = parser.parse_args()
 
@@ -46,20 +103,17 @@ def main() -> None:
     runs = out / "runs"
     data = [f"data.path={args.data_path}"] if args.data_path else []
     python = sys.executable
-    times = {
-        "thr": stage("TRIM-Thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data]),
-        "baselines": stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data]),
-    }
-    times["train"] = stage(
-        "train sweep",
-        [
-            python, "train.py", "-m", f"policy={','.join(args.policies)}", f"lambda={args.lambdas}",
-            f"seed={','.join(args.seeds)}", "progress_bar=false", f"hydra.sweep.dir={runs / 'train'}", *data,
-        ],
-    )
-    times["report"] = stage("report", [python, "scripts/frontier.py", str(runs), "--out", str(out)])
-    total = sum(times.values())
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
+    stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
+    for policy in args.policies:
+        lambdas = [float(v) for v in OmegaConf.load(ROOT / "conf" / "policy" / f"{policy}.yaml").sweep_lambdas]
+        sweep_policy(policy, lambdas, args.seeds, runs, data, times)
+    stage("report", [python, "scripts/frontier.py", str(runs), "--out", str(out), "--real-reference"], times)
+    total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
+    (out / "study_times.json").write_text(json.dumps({"stages_s": times, "total_s": total}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
