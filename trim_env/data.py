@@ -98,6 +98,8 @@ def open_split(
     if source is None and grow:
         source = source_from_manifest(read_manifest(directory))
     growing = grow and source is not None
+    if grow and source is not None:
+        source.check_split(base, str(directory / split))
     if not growing and shards is None:
         return base
     store = GrowingTrees(
