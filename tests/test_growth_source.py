@@ -1,6 +1,6 @@
 """Growing collected trees with real-model backends: only missing children are asked for, each batch is on
 disk before it is used, grown nodes equal breadth-first collection's, a token budget stops a run cleanly,
-and a backend failure loses nothing.
+a backend failure loses nothing, entry points exit with the budget's message and reruns replay.
 
 Datasets are collected with K = 1 (and K = 2 for comparison) from the deterministic scripted models
 behind the OpenAI-compatible test server on 127.0.0.1, as in ``tests/test_collect.py``; growth asks
@@ -10,7 +10,10 @@ the same kind of server. Server request logs and the source's stats count the ba
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from trim_env.sources.testing import ScriptedModel, ScriptedPRM, TestingServer
 from trim_env.store import GrowingTrees, GrowthBudgetSpent, GrowthJournal
 from trim_env.tree import TreeFormatError, load_split, read_manifest, save_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS = [Problem(f"q{i}", f"Problem number {i}: what is {i} + 1?", f"#### {i % 2 + 1}") for i in range(8)]
 SEED = 3
 
@@ -246,7 +250,7 @@ def test_backends_are_refused_for_a_simulated_dataset_and_for_other_models(
 
 
 # ----------------------------------------------------------------------------------------------
-# The batch evaluator
+# The batch evaluator and the entry points
 
 
 def test_the_batch_evaluator_over_a_growing_collected_split_never_binds_the_cap_and_replays_from_disk(
@@ -268,3 +272,45 @@ def test_the_batch_evaluator_over_a_growing_collected_split_never_binds_the_cap_
     for name in ("correct", "strong_tokens", "escalations", "steps"):
         assert np.array_equal(getattr(again, name), getattr(outcomes, name)), name
 
+
+def backend_overrides(server: TestingServer, max_new_tokens: int) -> list[str]:
+    """``+data/backends=openai`` pointed at the scripted server, as the collection's backends were."""
+    return [
+        "+data/backends=openai", f"data.backends.max_new_tokens={max_new_tokens}",
+        f"data.backends.weak.base_url={server.base_url}", "data.backends.weak.model=weak", "data.backends.weak.api=completions",
+        "data.backends.weak.api_key_env=null", f"data.backends.strong.base_url={server.base_url}", "data.backends.strong.model=strong",
+        "data.backends.strong.api_key_env=null", f"data.backends.prm.base_url={server.root_url}", "data.backends.prm.model=prm",
+        "data.backends.prm.api_key_env=null",
+    ]
+
+
+def run_script(script: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_entry_points_exit_with_the_budget_message_and_a_rerun_replays_what_was_grown(
+    collected: dict[int, Path], k1_copy: Path, tmp_path: Path, server: TestingServer
+):
+    evaluate = ["policy=thr", "policy.thresholds=[0.6,1.1]", f"data.path={k1_copy}", "data.split=train"]
+    asked_before = len(generator_requests(server))
+    spent = run_script("scripts/evaluate.py", *evaluate, *backend_overrides(server, 100), f"hydra.run.dir={tmp_path / 'spent'}")
+    assert spent.returncode == 1
+    assert "scripts/evaluate.py: growth budget spent" in spent.stderr and "max_new_tokens = 100" in spent.stderr
+    first_run = generator_requests(server)[asked_before:]
+    assert first_run and GrowthJournal(k1_copy / "train").read().num_rows == len(first_run)
+
+    done = run_script("scripts/evaluate.py", *evaluate, *backend_overrides(server, 100_000), f"hydra.run.dir={tmp_path / 'done'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    second_run = generator_requests(server)[asked_before + len(first_run):]
+    assert second_run and not {json.dumps(r["body"], sort_keys=True) for r in first_run} & {
+        json.dumps(r["body"], sort_keys=True) for r in second_run
+    }  # what the first run grew is replayed from disk, never asked again
+    points = json.loads((tmp_path / "done" / "results.json").read_text())["points"]
+    assert [point["cap_binding_rate"] for point in points[2:]] == [0.0, 0.0]
+
+    untouched = tmp_path / "untouched"
+    shutil.copytree(collected[1], untouched)
+    trained = run_script("train.py", "policy=thr", f"data.path={untouched}", "progress_bar=false",
+                         *backend_overrides(server, 0), f"hydra.run.dir={tmp_path / 'train'}")
+    assert trained.returncode == 1 and "train.py: growth budget spent" in trained.stderr
+    assert not (tmp_path / "train" / "results.json").exists()
