@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.export import load_router, write_router, write_training_queries
 from agents.tracking import make_tracker
-from trim_env.data import default_dataset_dir, load_trees
+from trim_env.data import default_dataset_dir, growth_source, load_trees
 from trim_env.evaluation import (
     anchor_points,
     make_point,
@@ -35,6 +35,7 @@ from trim_env.evaluation import (
     validation_objective,
     write_results,
 )
+from trim_env.store import GrowthBudgetSpent
 from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
@@ -67,7 +68,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ValueError("train.py trains on cached trees: give data.path (or nothing for the default data), not data.preset")
     cost_unit = float(cfg.env.cost_unit_tokens)
     data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
-    growth = {"grow": bool(cfg.data.grow), "persist": bool(cfg.data.persist_growth)}
+    growth = {"grow": bool(cfg.data.grow), "persist": bool(cfg.data.persist_growth), "source": growth_source(data_dir, cfg.data.backends)}
     train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split, **growth)
     test_trees = load_trees(path=str(data_dir), split=cfg.data.split, **growth)
     manifest_hash = read_manifest(data_dir)["content_hash"]
@@ -154,7 +155,10 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
-    results = train(cfg, out)
+    try:
+        results = train(cfg, out)
+    except GrowthBudgetSpent as spent:  # every grown batch is on disk already (persisted as it was grown)
+        raise SystemExit(f"train.py: {spent}") from spent
     write_results(out, results["config"], results["points"])
 
 

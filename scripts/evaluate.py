@@ -22,15 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agents import load_router  # noqa: E402
 from agents.export import check_not_trained_on  # noqa: E402
-from trim_env.data import load_trees  # noqa: E402
+from trim_env.data import growth_source, load_trees  # noqa: E402
 from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds, write_results  # noqa: E402
+from trim_env.store import GrowthBudgetSpent  # noqa: E402
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Points for the configured policy on the configured split (anchors first)."""
     trees = load_trees(
         path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
-        grow=cfg.data.grow, persist=cfg.data.persist_growth,
+        grow=cfg.data.grow, persist=cfg.data.persist_growth, source=growth_source(cfg.data.path, cfg.data.backends),
     )
     anchors = reference(trees)
     points = anchor_points(trees)
@@ -54,7 +55,10 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    points = evaluate(cfg)
+    try:
+        points = evaluate(cfg)
+    except GrowthBudgetSpent as spent:  # every grown batch is on disk already (persisted as it was grown)
+        raise SystemExit(f"scripts/evaluate.py: {spent}") from spent
     write_results(HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True), points)
 
 

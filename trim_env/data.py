@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -65,11 +65,33 @@ def default_dataset_dir() -> Path:
 
 def source_from_manifest(manifest: dict[str, Any]) -> TreeSource | None:
     """The source that can grow a dataset, from its manifest: the simulator it was drawn from, or
-    ``None`` for a real collection (its servers must be given explicitly)."""
+    ``None`` for a real collection (its servers must be given explicitly, :func:`growth_source`)."""
     source = manifest.get("source", {})
     if source.get("kind") == "simulator":
         return SimulatorSource(SimulatorParams.from_dict(source["params"]))
     return None
+
+
+def growth_source(path: str | Path | None, backends: Mapping[str, Any] | None) -> TreeSource | None:
+    """The real-model source that grows a collected dataset (``data.backends``), or ``None`` without backends.
+
+    Build it once per run and pass it to every split the run opens: its token budget is the run's.
+
+    :param path: the collected dataset's directory.
+    :param backends: ``weak``, ``strong``, ``prm`` backend configs and the growth settings
+        (:func:`trim_env.sources.growth.backend_source`); ``None``: no real-model source (a
+        collected dataset then opens frozen).
+    """
+    if backends is None:
+        return None
+    if path is None:
+        raise ValueError(
+            "data.backends grows a collected dataset: give its directory as data.path "
+            "(the default data is simulated and grows from its simulator)"
+        )
+    from trim_env.sources.growth import backend_source  # noqa: PLC0415  (HTTP clients and torch models only when used)
+
+    return backend_source(path, backends)
 
 
 def open_split(
@@ -98,6 +120,8 @@ def open_split(
     if source is None and grow:
         source = source_from_manifest(read_manifest(directory))
     growing = grow and source is not None
+    if grow and source is not None:
+        source.check_split(base, str(directory / split))
     if not growing and shards is None:
         return base
     store = GrowingTrees(
@@ -123,6 +147,7 @@ def load_trees(
     overrides: dict[str, Any] | None = None,
     grow: bool = True,
     persist: bool = True,
+    source: TreeSource | None = None,
 ) -> RolloutTrees:
     """Trees for evaluation or training.
 
@@ -135,11 +160,15 @@ def load_trees(
     :param overrides: simulator parameter overrides when ``preset`` is set.
     :param grow: grow missing children from the dataset's source (see :func:`open_split`).
     :param persist: persist grown nodes in the dataset directory.
+    :param source: where missing children come from (a collected dataset's backends,
+        :func:`growth_source`); default the dataset's simulator.
     """
     if preset is not None:
         if path is not None:
             raise ValueError(f"give either data.path ({path}) or data.preset ({preset}), not both")
+        if source is not None:
+            raise ValueError(f"data.preset ({preset}) is simulated directly: it takes no data.backends")
         params = SimulatorParams.preset(preset, **(overrides or {}))
         return SimulatedTrees(params, seed, np.arange(n_queries), namespace=f"{preset}/{split}")
     directory = Path(path) if path is not None else default_dataset_dir()
-    return open_split(directory, split, grow=grow, persist=persist)
+    return open_split(directory, split, grow=grow, persist=persist, source=source)

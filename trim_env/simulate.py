@@ -312,6 +312,9 @@ class SimulatorSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": "simulator", "params": dataclasses.asdict(self.params)}
 
+    def check_split(self, trees: RolloutTrees, where: str) -> None:
+        """The simulator draws from path keys alone: it grows any split."""
+
     def query_latents(self, root_key: np.ndarray) -> QueryLatents:
         """The latents of every query of a store (cached per store's root-key array)."""
         cached = self._latents.get(id(root_key))

@@ -18,6 +18,10 @@ expensive one (real models, ``persist_each_batch``) after every batch, before th
 **Frozen.** A store without a source (a real collection without its servers), whose source is spent
 (a token budget) or that was opened frozen never grows: it keeps the cap semantics of cached trees,
 where a node without a strong child lets the weak model play on.
+
+**Budgets.** A source with a budget (real models: decoded tokens per run) raises
+:class:`GrowthBudgetSpent` from the first batch that would start with the budget spent, so a run
+stops instead of silently playing on with cap semantics; every batch grown before is on disk.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ _STORE_DTYPES: dict[str, Any] = {
 }
 
 
+class GrowthBudgetSpent(RuntimeError):
+    """A tree source's budget is spent: it grows no more children in this run.
+
+    Raised before a batch is drawn, so nothing of that batch was appended; nodes grown before are
+    kept (a source with a budget persists each batch, see :attr:`TreeSource.persist_each_batch`).
+    """
+
+
 @dataclass
 class ChildBatch:
     """Children a source drew for (some of) the parents it was asked about.
@@ -98,12 +110,22 @@ class TreeSource(Protocol):
 
         ``parents`` are non-terminal nodes without that child; for ``strong=True`` their weak
         child exists (a rewrite's length follows the step it replaces). A source that cannot draw
-        every child (a spent budget) returns the ones it drew and reports :meth:`available` False.
+        every child returns the ones it drew and reports :meth:`available` False; a source whose
+        budget is spent raises :class:`GrowthBudgetSpent` before drawing.
         """
         ...
 
     def available(self) -> bool:
         """Whether the source can still draw children."""
+        ...
+
+    def check_split(self, trees: RolloutTrees, where: str) -> None:
+        """Refuse a split this source cannot grow (called when the split is opened).
+
+        :param trees: the split's stored trees.
+        :param where: the split's directory, for messages.
+        :raises TreeFormatError: naming the file and field the source needs.
+        """
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@
 - :mod:`~trim_env.sources.factory`: backends from configuration (``conf/collect/``);
 - :mod:`~trim_env.sources.grading`: math-verify grading;
 - :mod:`~trim_env.sources.collect`: breadth-first tree collection, resumable, into the tree format;
+- :mod:`~trim_env.sources.growth`: the backends as the tree source of a collected dataset (missing
+  children on demand, persisted per batch, under a token budget);
 - :mod:`~trim_env.sources.testing`: offline test doubles (a server on 127.0.0.1, a random PRM).
 
 Only the interfaces are imported here: torch models and HTTP clients load with their modules.

@@ -39,7 +39,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -225,7 +225,7 @@ class QueryTree:
 
     def actions(self, node: int) -> str:
         """The node's path as W/S letters (the key of its sampling seeds)."""
-        return "".join("S" if self.step_is_strong[n] else "W" for n in self.path(node))
+        return path_actions(self.step_is_strong[n] for n in self.path(node))
 
     def sort_breadth_first(self) -> None:
         """Renumber nodes level by level, each level in the order of the paths (W before S).
@@ -259,6 +259,29 @@ def request_seed(seed: int, query_id: str, actions: str) -> int:
     return int.from_bytes(digest[:4], "little") >> 1  # 31 bits: every server takes it
 
 
+def path_actions(step_is_strong: Iterable[bool]) -> str:
+    """A path as W/S letters, one per step (S: the strong model wrote it): the key of sampling seeds."""
+    return "".join("S" if is_strong else "W" for is_strong in step_is_strong)
+
+
+def step_request(problem: str, query_id: str, steps: Sequence[str], actions: str, seed: int) -> StepRequest:
+    """The request for the step after ``steps``, as collection sends it.
+
+    :param problem: the problem statement.
+    :param query_id: the query's id (a key of the seed).
+    :param steps: the prefix's step texts.
+    :param actions: the prefix's path letters followed by the letter of the model asked (W or S).
+    :param seed: the root of the sampling seeds (``CollectSettings.seed``).
+    """
+    return StepRequest(problem, tuple(steps), request_seed(seed, query_id, actions))
+
+
+def ends_path(step: StepResult, depth: int, max_steps: int) -> bool:
+    """Whether ``step``, written at ``depth`` (1 = the first step), ends its path: the model ended its
+    answer, or the path holds ``max_steps`` steps."""
+    return step.ends_solution or depth >= max_steps
+
+
 async def collect_query(
     problem: Problem, weak: StepGenerator, strong: StepGenerator, prm: PRMScorer, settings: CollectSettings
 ) -> QueryTree:
@@ -276,15 +299,14 @@ async def collect_query(
     stats: dict[str, float] = {"weak_calls": 0, "strong_calls": 0, "weak_tokens": 0, "strong_tokens": 0, "prm_calls": 0}
 
     def request(node: int, letter: str) -> StepRequest:
-        seed = request_seed(settings.seed, problem.query_id, tree.actions(node) + letter)
-        return StepRequest(problem.problem, tree.texts(node), seed)
+        return step_request(problem.problem, problem.query_id, tree.texts(node), tree.actions(node) + letter, settings.seed)
 
     def count(role: str, rollouts: Sequence[Rollout]) -> None:
         stats[f"{role}_calls"] += sum(rollout.calls for rollout in rollouts)
         stats[f"{role}_tokens"] += sum(rollout.decoded_tokens for rollout in rollouts)
 
     def attach(parent: int, step: StepResult, is_strong: bool) -> int:
-        return tree.add(parent, step, is_strong, step.ends_solution or tree.depth[parent] + 1 >= settings.max_steps)
+        return tree.add(parent, step, is_strong, ends_path(step, tree.depth[parent] + 1, settings.max_steps))
 
     async def grow(start: int) -> None:
         """The weak model's rollout from ``start`` (its chain of W children), then the strong rewrites along it."""
@@ -317,8 +339,8 @@ async def collect_query(
         if tree.terminal[node]:
             return tree.correct[node], tokens, len(steps)
         while len(steps) < settings.max_steps:
-            seed = request_seed(settings.seed, problem.query_id, "S" * (len(steps) + 1))
-            (rollout,) = await strong.rollout([StepRequest(problem.problem, tuple(steps), seed)], [settings.max_steps - len(steps)])
+            request_all_strong = step_request(problem.problem, problem.query_id, steps, "S" * (len(steps) + 1), settings.seed)
+            (rollout,) = await strong.rollout([request_all_strong], [settings.max_steps - len(steps)])
             count("strong", [rollout])
             steps += [step.text for step in rollout.steps]
             tokens += sum(step.tokens for step in rollout.steps)
