@@ -5,7 +5,10 @@ Nothing here imports stable-baselines3, so an exported router loads with torch a
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -18,6 +21,12 @@ class SeqEncoder(nn.Module):
     from its three values plus a learned position embedding, encoded with padding masked out, and
     read out as the last valid row (the proposed step) concatenated with the masked mean.
 
+    The layers are ``nn.TransformerEncoderLayer`` modules (pre-norm, ReLU, no dropout) holding the
+    weights, but :meth:`forward` computes them directly: with a head width of 8, PyTorch's CPU
+    attention kernel dominates the cost, and plain batched matrix products compute the same
+    function about twice as fast. Rows after the batch's longest sequence are padding in every
+    sample and are cut before encoding (valid rows come first), which changes nothing either.
+
     :param max_steps: sequence length T.
     :param d_model: width of the embeddings.
     :param n_layers: transformer layers.
@@ -27,6 +36,9 @@ class SeqEncoder(nn.Module):
 
     def __init__(self, max_steps: int = 30, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64) -> None:
         super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model = {d_model} must be a multiple of n_heads = {n_heads}")
+        self.n_heads = n_heads
         self.embed = nn.Linear(3, d_model)
         self.position = nn.Parameter(torch.zeros(max_steps, d_model))
         nn.init.normal_(self.position, std=0.02)
@@ -36,11 +48,27 @@ class SeqEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.output_dim = 2 * d_model
 
+    def _layer(self, layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """One pre-norm encoder layer: ``x + attention(norm1(x))``, then ``x + ff(norm2(x))``."""
+        batch, length, width = hidden.shape
+        head_width = width // self.n_heads
+        attention = layer.self_attn
+        qkv = F.linear(layer.norm1(hidden), attention.in_proj_weight, attention.in_proj_bias)
+        query, key, value = qkv.view(batch, length, 3, self.n_heads, head_width).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(head_width) + key_bias, dim=-1)
+        mixed = (weights @ value).transpose(1, 2).reshape(batch, length, width)
+        hidden = hidden + attention.out_proj(mixed)
+        return hidden + layer.linear2(F.relu(layer.linear1(layer.norm2(hidden))))
+
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         valid = observations[..., 3] > 0.5
         valid[:, 0] = True  # a row of pure padding would make attention undefined
-        hidden = self.embed(observations[..., :3]) + self.position
-        hidden = self.encoder(hidden, src_key_padding_mask=~valid)
+        length = int(valid.sum(1).max())
+        observations, valid = observations[:, :length], valid[:, :length]
+        hidden = self.embed(observations[..., :3]) + self.position[:length]
+        key_bias = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~valid, float("-inf"))
+        for layer in self.encoder.layers:
+            hidden = self._layer(layer, hidden, key_bias[:, None, None, :])
         weights = valid.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * weights).sum(1) / weights.sum(1)
         last = valid.long().sum(1) - 1
