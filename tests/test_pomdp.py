@@ -34,7 +34,7 @@ from trim_env.env import StepRoutingEnv
 from trim_env.evaluation import run_episodes
 from trim_env.features import TOKEN_SCALE
 from trim_env.simulate import SimulatedTrees, SimulatorParams
-from trim_env.tree import MAX_STEPS, RolloutTrees
+from trim_env.tree import MAX_STEPS, STATE_CORRECT, STATE_LAST_STEP_WRONG, RolloutTrees
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,9 @@ def exhaustive_value(model: PomdpModel, emissions: Emissions, costs: np.ndarray,
             continue
         belief = joint / joint.sum()
         q_continue, q_regenerate = exhaustive_q(model, emissions, step, belief, used, cap)
+        if emissions.token_bins > 1:  # the observation names the proposal's token bin, hence the cost
+            total += joint.sum() * max(q_continue, q_regenerate - costs[o % emissions.token_bins])
+            continue
         for k, probability in enumerate(model.token_bin_probability):
             total += joint.sum() * probability * max(q_continue, q_regenerate - costs[k])
     return total
@@ -107,10 +110,16 @@ def exhaustive_q(model: PomdpModel, emissions: Emissions, step: int, belief: np.
     return q_continue, h_s * reward(p_s * before) + (1 - h_s) * after
 
 
-@pytest.mark.parametrize("joint, observe_rewrite, cap", [(False, True, None), (True, False, None), (False, True, 1), (True, False, 2)])
-def test_solver_agrees_with_exhaustive_search_within_its_error_bound(joint, observe_rewrite, cap):
+@pytest.mark.parametrize(
+    "joint, observe_rewrite, cap, token_evidence",
+    [(False, True, None, False), (True, False, None, False), (False, True, 1, False), (True, False, 2, False),
+     (False, True, None, True), (True, False, 1, True)],
+)
+def test_solver_agrees_with_exhaustive_search_within_its_error_bound(joint, observe_rewrite, cap, token_evidence):
     model = small_model(horizon=4, n_bins=3)
-    emissions = planning_emissions(model.observation, model.horizon, joint, observe_rewrite)
+    if token_evidence:  # wrong steps tend to be long
+        model.token_likelihood = np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
+    emissions = planning_emissions(model.observation, model.horizon, joint, observe_rewrite, model.token_likelihood)
     lam, unit = 0.02, 10.0
     policy = solve(model, lam, unit, emissions, grid_size=2001, max_strong_steps=cap)
     costs = lam * model.rewrite_tokens / unit
@@ -246,6 +255,17 @@ def test_processbench_labels_become_states():
     np.testing.assert_allclose(samples.min_previous[~samples.first], [0.9, 0.2, 0.2, 0.8])
 
 
+def test_token_evidence_learns_that_wrong_steps_are_longer(homogeneous_trees):
+    model = fit_model(homogeneous_trees, uniform_bin_edges(10), n_token_bins=4, token_evidence=True)
+    assert model.token_likelihood is not None and model.token_likelihood.shape == (3, len(model.token_edges) - 1)
+    longest = model.token_likelihood[:, -1]
+    assert longest[STATE_LAST_STEP_WRONG] > 1.3 * longest[STATE_CORRECT]  # the preset's wrong steps are ~2x longer
+    short, long_ = random_seq(1, 0), random_seq(1, 0)
+    short[0, :, 1] = np.where(short[0, :, 3] > 0, 0.05, 0.0)
+    long_[0, :, 1] = np.where(long_[0, :, 3] > 0, 5.0, 0.0)
+    assert bayes_filter(long_, model).belief[0, 0] < bayes_filter(short, model).belief[0, 0]  # long steps look wrong
+
+
 def test_a_fitted_model_survives_saving_and_loading(tmp_path, homogeneous_model):
     model = homogeneous_model
     loaded = PomdpModel.load(model.save(tmp_path / "model.json"))
@@ -325,7 +345,10 @@ def simulate_pomdp(router: PomdpRouter, episodes: int, seed: int) -> np.ndarray:
         correct = rng.random(len(idx)) < model.weak_step_accuracy
         state = np.where(clean[idx], np.where(correct, 0, 2), 1)
         score = centers[draw(emissions.proposal[t - 1][state])]
-        token_bin = draw(np.tile(model.token_bin_probability, (len(idx), 1)))
+        if model.token_likelihood is None:
+            token_bin = draw(np.tile(model.token_bin_probability, (len(idx), 1)))
+        else:  # the proposal's length depends on its state
+            token_bin = draw(model.token_likelihood[state])
         seq[idx, t - 1] = np.stack([score, token_values[token_bin] / TOKEN_SCALE, np.zeros(len(idx)), np.ones(len(idx))], axis=1)
         regenerate = router.predict(seq[idx]).astype(bool)
         if policy.max_strong_steps is not None:
@@ -346,9 +369,11 @@ def simulate_pomdp(router: PomdpRouter, episodes: int, seed: int) -> np.ndarray:
     return returns
 
 
-@pytest.mark.parametrize("cap", [None, 2])
-def test_bayes_router_earns_the_solved_value_on_its_own_pomdp(cap):
+@pytest.mark.parametrize("cap, token_evidence", [(None, False), (2, False), (None, True)])
+def test_bayes_router_earns_the_solved_value_on_its_own_pomdp(cap, token_evidence):
     model = small_model(horizon=6, n_bins=5, n_token_bins=3, seed=7)
+    if token_evidence:
+        model.token_likelihood = np.array([[0.5, 0.3, 0.2], [0.3, 0.4, 0.3], [0.1, 0.3, 0.6]])
     router = solve_router(model, 0.02, 10.0, "bayes", grid_size=2001, max_strong_steps=cap)
     returns = simulate_pomdp(router, 20000, seed=1)
     predicted = router.policy.start_value[0, 0, -1]  # U_1 at a clean (empty) prefix

@@ -7,7 +7,8 @@ decided on. Both filters run on a whole batch at once (numpy, a loop over the 30
 - :func:`bayes_filter` — recursive: starting from a clean (empty) prefix, every accepted step
   moves the belief through the POMDP transition (weak step: correct with ``p_w``; strong rewrite:
   correct with ``p_s`` if the prefix was clean) and weighs in that step's PRM score; the proposal
-  is weighed the same way. The likelihood of a score is ``P(score | state)`` (marginal of the
+  is weighed the same way (a model fitted with token evidence also weighs each weak step's token
+  bin, ``P(token bin | state)``). The likelihood of a score is ``P(score | state)`` (marginal of the
   fitted model over the min earlier score, with its own first-step row): the earlier scores are
   already in the belief through the recursion, so counting the min earlier score again would
   count the same evidence twice. This is exactly the observation the solver plans with, so filter
@@ -81,7 +82,11 @@ def bayes_filter(observations: np.ndarray, model: PomdpModel) -> Beliefs:
     for i in range(int(length.max(initial=0))):
         accepted, proposal = i < length - 1, i == length - 1
         likelihood = (first_step if i == 0 else later_step)[:, score_bin(observations[:, i, _PRM].astype(np.float64), edges)]
-        success = np.where(accepted & (observations[:, i, _STRONG] > 0.5), p_s, p_w)
+        strong = accepted & (observations[:, i, _STRONG] > 0.5)
+        if model.token_likelihood is not None:  # a weak step's length is evidence too
+            tokens = model.token_likelihood[:, model.token_bin(observations[:, i, _TOKENS].astype(np.float64) * TOKEN_SCALE)]
+            likelihood = np.where(strong, likelihood, likelihood * tokens)
+        success = np.where(strong, p_s, p_w)
         prior = np.stack([clean * success, 1.0 - clean, clean * (1.0 - success)], axis=1)
         posterior = prior * likelihood.T
         posterior /= posterior.sum(axis=1, keepdims=True)
@@ -105,6 +110,9 @@ def per_step_belief(observations: np.ndarray, model: PomdpModel) -> Beliefs:
     row = np.where(length > 1, score_bin(np.minimum(min_earlier, 1.0), edges), model.observation.first_row)
     score = observations[batch, length - 1, _PRM].astype(np.float64)
     belief = model.observation.joint[:, row, score_bin(score, edges)].T
+    if model.token_likelihood is not None:
+        tokens = observations[batch, length - 1, _TOKENS].astype(np.float64) * TOKEN_SCALE
+        belief = belief * model.token_likelihood[:, model.token_bin(tokens)].T
     return _beliefs(belief / belief.sum(axis=1, keepdims=True), observations, length)
 
 

@@ -56,7 +56,7 @@ MODEL_FORMAT = "trim-pomdp-model"
 MODEL_FORMAT_VERSION = 1
 #: Version of the fitting method; part of the key of cached fitted models, so bump it whenever
 #: a change of the fitting code changes its results.
-FIT_VERSION = 1
+FIT_VERSION = 2
 #: Tolerance on "sums to one" checks of stored probability tables.
 SUM_TOLERANCE = 1e-6
 #: Resolution of the pre-binning of scores before kernel smoothing (far finer than any bandwidth used).
@@ -399,6 +399,9 @@ class PomdpModel:
     rewrite_tokens: np.ndarray
     #: Provenance: data, sample counts, settings.
     source: dict[str, Any] = field(default_factory=dict)
+    #: ``P(token bin of a weak step | state)``, shape (3, token bins), when a weak step's length is
+    #: used as evidence beside its PRM score (wrong steps tend to be longer); ``None``: scores only.
+    token_likelihood: np.ndarray | None = None
 
     @property
     def horizon(self) -> int:
@@ -423,6 +426,10 @@ class PomdpModel:
         _check_distribution(self.token_bin_probability, f"{where}: field 'token_bin_probability'")
         if not np.isfinite(self.rewrite_tokens).all() or (np.asarray(self.rewrite_tokens) < 0).any():
             raise ValueError(f"{where}: field 'rewrite_tokens' = {np.asarray(self.rewrite_tokens).tolist()} must be token counts >= 0")
+        if self.token_likelihood is not None:
+            if np.shape(self.token_likelihood) != (N_STATES, k):
+                raise ValueError(f"{where}: field 'token_likelihood' must have shape ({N_STATES}, {k}) (states x token bins)")
+            _check_distribution(np.asarray(self.token_likelihood), f"{where}: field 'token_likelihood'", STATE_NAMES)
 
     def token_bin(self, tokens: np.ndarray) -> np.ndarray:
         """Token bin of weak proposals of ``tokens`` tokens."""
@@ -450,6 +457,7 @@ class PomdpModel:
             "token_edges": [float(x) if math.isfinite(x) else "inf" for x in self.token_edges],
             "token_bin_probability": np.asarray(self.token_bin_probability).tolist(),
             "rewrite_tokens": np.asarray(self.rewrite_tokens).tolist(),
+            "token_likelihood": None if self.token_likelihood is None else np.asarray(self.token_likelihood).tolist(),
             "source": self.source,
         }
 
@@ -481,6 +489,8 @@ class PomdpModel:
                 token_bin_probability=np.asarray(content["token_bin_probability"], dtype=np.float64),
                 rewrite_tokens=np.asarray(content["rewrite_tokens"], dtype=np.float64),
                 source=content.get("source", {}),
+                token_likelihood=None if content.get("token_likelihood") is None
+                else np.asarray(content["token_likelihood"], dtype=np.float64),
             )
         except KeyError as error:
             raise ValueError(f"{where}: missing field {error.args[0]!r}") from None
@@ -555,6 +565,7 @@ def fit_model(
     floor: float = 1e-4,
     min_at_risk: int = 50,
     source: dict[str, Any] | None = None,
+    token_evidence: bool = False,
 ) -> PomdpModel:
     """Fit every part of the POMDP from cached trees (and optionally labelled records).
 
@@ -571,6 +582,8 @@ def fit_model(
     :param floor: uniform weight in the observation model.
     :param min_at_risk: fewest steps at a depth for its own hazard estimate (later depths are pooled).
     :param source: provenance to record in the model.
+    :param token_evidence: also fit ``P(token bin of a weak step | state)``, so that filter and
+        planner read a weak step's length as evidence beside its score.
     """
     if trees.num_queries == 0:
         raise PomdpFitError("trees: no queries to fit transitions from")
@@ -619,6 +632,11 @@ def fit_model(
     )
     all_bins = np.searchsorted(token_edges, trees.step_tokens[weak], side="right") - 1
     token_probability = np.bincount(all_bins, minlength=k) / len(all_bins)
+    token_likelihood = None
+    if token_evidence:
+        # One pseudo-count per cell: a bin never seen in a state must not rule the state out.
+        counts = np.stack([np.bincount(all_bins[state[weak] == code], minlength=k) for code in range(N_STATES)]) + 1.0
+        token_likelihood = counts / counts.sum(axis=1, keepdims=True)
 
     model = PomdpModel(
         observation=observation,
@@ -631,6 +649,7 @@ def fit_model(
         token_edges=token_edges,
         token_bin_probability=token_probability,
         rewrite_tokens=rewrite_tokens,
+        token_likelihood=token_likelihood,
         source={
             **(source or {}),
             "fit_version": FIT_VERSION,
@@ -640,6 +659,7 @@ def fit_model(
             "observation_source": samples.source,
             "floor": floor,
             "min_at_risk": min_at_risk,
+            "token_evidence": token_evidence,
         },
     )
     model.validate()

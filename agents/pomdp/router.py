@@ -83,7 +83,8 @@ def planning_for(model: PomdpModel, belief_filter: str) -> Emissions:
     if belief_filter not in FILTERS:
         raise ValueError(f"filter = {belief_filter!r} is not one of {list(FILTERS)}")
     bayes = belief_filter == "bayes"
-    return planning_emissions(model.observation, model.horizon, joint=not bayes, observe_rewrite=bayes)
+    return planning_emissions(model.observation, model.horizon, joint=not bayes, observe_rewrite=bayes,
+                              token_likelihood=model.token_likelihood)
 
 
 def solve_router(model: PomdpModel, lam: float, cost_unit_tokens: float, belief_filter: str,
@@ -185,6 +186,7 @@ class FitSettings:
     :param bins: PRM-score bins per axis of the observation model.
     :param token_bins: quantile bins of the proposal's length.
     :param floor: uniform weight in the observation model.
+    :param token_evidence: read each weak step's token bin as evidence of its state (beside its score).
     :param observation_data: optional ProcessBench-format JSON (records with ``steps``, ``label``
         and per-step PRM scores) to fit the observation model from instead of the trees.
     :param score_field: the records' field holding the PRM scores.
@@ -193,6 +195,7 @@ class FitSettings:
     bins: int = 20
     token_bins: int = 8
     floor: float = 1e-4
+    token_evidence: bool = False
     observation_data: str | None = None
     score_field: str = "prm_scores"
 
@@ -202,6 +205,7 @@ class FitSettings:
             bins=int(policy_config.get("bins", cls.bins)),
             token_bins=int(policy_config.get("token_bins", cls.token_bins)),
             floor=float(policy_config.get("floor", cls.floor)),
+            token_evidence=bool(policy_config.get("token_evidence", cls.token_evidence)),
             observation_data=policy_config.get("observation_data"),
             score_field=str(policy_config.get("score_field", cls.score_field)),
         )
@@ -259,4 +263,5 @@ def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_k
     return fit_model(
         trees.subset(queries), uniform_bin_edges(settings.bins), settings.token_bins, samples, settings.floor,
         source={"data": data_key, "n_fit_queries": len(queries), "settings": settings.__dict__},
+        token_evidence=settings.token_evidence,
     )

@@ -59,13 +59,23 @@ class Emissions:
     :param proposal: ``P(o | state)`` of the weak proposal's observation, shape (T, 3, n_o).
     :param rewrite: ``P(o | state)`` of a strong rewrite's PRM score, shape (T, 3, n_r), or ``None``
         when the rewrite's score is not used (the authors' per-step belief ignores it).
+    :param token_bins: the proposal's token bin is part of its observation: column ``j`` of
+        ``proposal`` is score observation ``j // token_bins`` and token bin ``j % token_bins``
+        (1: the token bin is not observed as evidence, only priced by its frequency).
     """
 
     proposal: np.ndarray
     rewrite: np.ndarray | None
+    token_bins: int = 1
 
 
-def planning_emissions(observation: ObservationModel, horizon: int, joint: bool, observe_rewrite: bool) -> Emissions:
+def planning_emissions(
+    observation: ObservationModel,
+    horizon: int,
+    joint: bool,
+    observe_rewrite: bool,
+    token_likelihood: np.ndarray | None = None,
+) -> Emissions:
     """Emissions for the solver from a fitted observation model.
 
     :param observation: the fitted model.
@@ -73,6 +83,8 @@ def planning_emissions(observation: ObservationModel, horizon: int, joint: bool,
     :param joint: observe (min earlier score, current score) cells (the authors' observation);
         else the current score only (the recursive filter carries the earlier scores itself).
     :param observe_rewrite: a strong rewrite's PRM score is observed (the recursive filter uses it).
+    :param token_likelihood: ``P(token bin | state)`` (3, k): the proposal's length is observed
+        too, independently of its score given the state.
     """
     n = observation.n_bins
     later = observation.later_steps(joint)
@@ -87,7 +99,11 @@ def planning_emissions(observation: ObservationModel, horizon: int, joint: bool,
         current = observation.later_steps(False)
         rewrite = np.repeat(current[None], horizon, axis=0)
         rewrite[0] = first
-    return Emissions(proposal, rewrite)
+    if token_likelihood is None:
+        return Emissions(proposal, rewrite)
+    k = token_likelihood.shape[1]
+    with_tokens = proposal[..., :, None] * token_likelihood[None, :, None, :]
+    return Emissions(with_tokens.reshape(horizon, N_STATES, -1), rewrite, token_bins=k)
 
 
 def interpolate(table: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -249,6 +265,11 @@ def solve(
     q_clean, q_derailed = model.final_correct_clean, model.final_correct_derailed
     costs = lam * np.asarray(model.rewrite_tokens, dtype=np.float64) / cost_unit_tokens
     token_probability = np.asarray(model.token_bin_probability, dtype=np.float64)
+    if emissions.token_bins not in (1, len(costs)):
+        raise ValueError(f"emissions observe {emissions.token_bins} token bins, the model has {len(costs)}")
+    # Cost of regenerating after proposal observation column j (its token bin is j % k).
+    n_columns = emissions.proposal.shape[2]
+    token_cost = None if emissions.token_bins == 1 else costs[np.arange(n_columns) % emissions.token_bins]
     grid = np.linspace(0.0, 1.0, grid_size)
     end_reward = lambda clean: clean * q_clean + (1.0 - clean) * q_derailed  # noqa: E731
     proposal_prior = np.stack([grid * p_w, 1.0 - grid, grid * (1.0 - p_w)])
@@ -283,7 +304,10 @@ def solve(
         safe = np.where(probability > 0, probability, 1.0)
         q_continue = interpolate_rows(w_continue, posterior[0] / safe)
         q_regenerate = interpolate_rows(w_regenerate, (posterior[0] + posterior[2]) / safe)
-        gain = _expected_best(q_regenerate - q_continue, costs, token_probability)
+        if token_cost is None:  # the token bin is not observed: average the decision over its frequency
+            gain = _expected_best(q_regenerate - q_continue, costs, token_probability)
+        else:  # the observation names the token bin, hence the rewrite's cost
+            gain = np.maximum(q_regenerate - q_continue - token_cost[None, :, None], 0.0)
         best = q_continue + gain * can_regenerate
         start_now = np.matmul(probability[:, None, :], best)[:, 0].T  # Σ_o P(o | π) · best
 
