@@ -53,10 +53,6 @@ class PPOSettings:
     #: Entropy bonus, decayed linearly from start to end over training.
     ent_coef_start: float = 0.02
     ent_coef_end: float = 0.0
-    #: The untrained policy's probability of regenerating (the action head's bias). At 0.5 a
-    #: large λ makes random regenerations so costly that PPO learns "never" before it learns where
-    #: regenerating pays, and stays there; starting rarer keeps the cost of exploring low.
-    initial_regenerate_probability: float = 0.5
     #: Evaluate on the validation queries every this many steps.
     eval_every: int = 10_000
     device: str = "cpu"
@@ -71,8 +67,6 @@ class PPOSettings:
         if unknown:
             raise ValueError(f"unknown ppo setting(s) {unknown}; known: {sorted(known)}")
         settings = cls(**values)
-        if not 0.0 < settings.initial_regenerate_probability < 1.0:
-            raise ValueError(f"ppo.initial_regenerate_probability = {settings.initial_regenerate_probability} must be in (0, 1)")
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "torch_threads"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"ppo.{name} = {getattr(settings, name)} must be at least 1")
@@ -248,9 +242,6 @@ def train_router(
         device=settings.device,
         verbose=0,
     )
-    with torch.no_grad():  # logits (0, log(p / (1 - p))): the initial regenerate probability p
-        p = settings.initial_regenerate_probability
-        model.policy.action_net.bias.copy_(torch.tensor([0.0, float(np.log(p / (1 - p)))]))
     callback = _TrainingCallback(settings, validation, spec.observation, lam, cost_unit_tokens, log)
     started = time.perf_counter()
     model.learn(total_timesteps=settings.total_timesteps, callback=CallbackList([callback]), progress_bar=progress_bar)
