@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trim_env.features import STRONG_STEP_SCALE
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -19,7 +21,12 @@ class SeqEncoder(nn.Module):
 
     Input ``(B, T, 4)`` with channels (prm, tokens, is_strong, mask); each valid step is embedded
     from its three values plus a learned position embedding, encoded with padding masked out, and
-    read out as the last valid row (the proposed step) concatenated with the masked mean.
+    read out as the last valid row (the proposed step) concatenated with the masked mean. With
+    ``statistics`` the readout also carries plain poolings of the input sequence: the proposal's
+    score and length, the minimum score of the earlier steps, the step index and the strong steps
+    used (the aggregates TRIM-Agg is given). PPO then starts from what a threshold router knows
+    and the transformer learns what the sequence adds; without them, at λ >= 0.015 it settled on
+    never regenerating before learning where regenerating pays.
 
     The layers are ``nn.TransformerEncoderLayer`` modules (pre-norm, ReLU, no dropout) holding the
     weights, but :meth:`forward` computes them directly: with a head width of 8, PyTorch's CPU
@@ -32,13 +39,21 @@ class SeqEncoder(nn.Module):
     :param n_layers: transformer layers.
     :param n_heads: attention heads.
     :param ff_dim: width of the feed-forward layers.
+    :param statistics: add the pooled input statistics to the readout.
     """
 
-    def __init__(self, max_steps: int = 30, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64) -> None:
+    #: Width of the pooled statistics (proposal score and tokens, min earlier score, step, strong steps).
+    N_STATISTICS = 5
+
+    def __init__(
+        self, max_steps: int = 30, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64, statistics: bool = False
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model = {d_model} must be a multiple of n_heads = {n_heads}")
         self.n_heads = n_heads
+        self.max_steps = max_steps
+        self.statistics = statistics
         self.embed = nn.Linear(3, d_model)
         self.position = nn.Parameter(torch.zeros(max_steps, d_model))
         nn.init.normal_(self.position, std=0.02)
@@ -46,7 +61,7 @@ class SeqEncoder(nn.Module):
             d_model, n_heads, dim_feedforward=ff_dim, dropout=0.0, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.output_dim = 2 * d_model
+        self.output_dim = 2 * d_model + (self.N_STATISTICS if statistics else 0)
 
     def _layer(self, layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         """One pre-norm encoder layer: ``x + attention(norm1(x))``, then ``x + ff(norm2(x))``."""
@@ -72,8 +87,17 @@ class SeqEncoder(nn.Module):
         weights = valid.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * weights).sum(1) / weights.sum(1)
         last = valid.long().sum(1) - 1
-        proposal = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return torch.cat([proposal, mean], dim=-1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        readout = [hidden[rows, last], mean]
+        if self.statistics:
+            earlier = valid & (torch.arange(length, device=valid.device)[None, :] < last[:, None])
+            min_earlier = observations[..., 0].masked_fill(~earlier, 1.0).min(dim=1).values  # 1.0 before the first step
+            strong_used = (observations[..., 2] * earlier).sum(1)
+            readout.append(torch.stack([
+                observations[rows, last, 0], observations[rows, last, 1], min_earlier,
+                (last + 1).to(hidden.dtype) / self.max_steps, strong_used / STRONG_STEP_SCALE,
+            ], dim=-1))
+        return torch.cat(readout, dim=-1)
 
 
 def mlp(input_dim: int, hidden: list[int], activation: str) -> nn.Sequential:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from agents.networks import SeqEncoder
+from trim_env.features import AGG_FEATURES, agg_features, seq_features
 
 
 def reference_encoding(encoder: SeqEncoder, observations: torch.Tensor) -> torch.Tensor:
@@ -36,3 +38,13 @@ def test_seq_encoder_computes_the_torch_transformer_encoder_function(shape: tupl
 def test_seq_encoder_rejects_a_width_that_heads_do_not_divide() -> None:
     with pytest.raises(ValueError, match="d_model = 30 must be a multiple of n_heads = 4"):
         SeqEncoder(30, 30, 1, 4, 64)
+
+
+def test_seq_statistics_are_the_agg_features_of_the_same_decisions(tiny_trees) -> None:
+    nodes = np.flatnonzero(~tiny_trees.terminal & (tiny_trees.weak_child >= 0))
+    encoder = SeqEncoder(statistics=True)
+    with torch.no_grad():
+        statistics = encoder(torch.as_tensor(seq_features(tiny_trees, nodes)))[:, -SeqEncoder.N_STATISTICS:].numpy()
+    agg = agg_features(tiny_trees, nodes)
+    names = ("prm", "tokens", "min_previous_prm", "step", "strong_steps_used")
+    np.testing.assert_allclose(statistics, agg[:, [AGG_FEATURES.index(name) for name in names]], atol=1e-6)
