@@ -17,12 +17,14 @@ class SeqTransformerExtractor(BaseFeaturesExtractor):
     :param n_layers: transformer layers.
     :param n_heads: attention heads.
     :param ff_dim: width of the feed-forward layers.
+    :param statistics: add pooled input statistics to the readout.
     """
 
     def __init__(
-        self, observation_space: spaces.Box, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64
+        self, observation_space: spaces.Box, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, ff_dim: int = 64,
+        statistics: bool = False,
     ) -> None:
-        encoder = SeqEncoder(observation_space.shape[0], d_model, n_layers, n_heads, ff_dim)
+        encoder = SeqEncoder(observation_space.shape[0], d_model, n_layers, n_heads, ff_dim, statistics)
         super().__init__(observation_space, features_dim=encoder.output_dim)
         self.encoder = encoder
 

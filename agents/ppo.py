@@ -42,7 +42,7 @@ class PPOSettings:
     #: Steps per env per rollout.
     n_steps: int = 32
     batch_size: int = 256
-    n_epochs: int = 10
+    n_epochs: int = 5
     learning_rate: float = 3e-4
     #: No discounting: the reward for the answer arrives at the end of a short episode.
     gamma: float = 1.0
@@ -53,6 +53,10 @@ class PPOSettings:
     #: Entropy bonus, decayed linearly from start to end over training.
     ent_coef_start: float = 0.02
     ent_coef_end: float = 0.0
+    #: Share of training over which the env's λ rises linearly from 0 to its target. With the full
+    #: λ from the start, the random initial policy's regenerations cost more than they gain, and at
+    #: λ >= 0.015 PPO can settle on never regenerating before it learns where regenerating pays.
+    lambda_warmup_fraction: float = 0.3
     #: Evaluate on the validation queries every this many steps.
     eval_every: int = 10_000
     device: str = "cpu"
@@ -67,6 +71,8 @@ class PPOSettings:
         if unknown:
             raise ValueError(f"unknown ppo setting(s) {unknown}; known: {sorted(known)}")
         settings = cls(**values)
+        if not 0.0 <= settings.lambda_warmup_fraction < 1.0:
+            raise ValueError(f"ppo.lambda_warmup_fraction = {settings.lambda_warmup_fraction} must be in [0, 1)")
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "torch_threads"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"ppo.{name} = {getattr(settings, name)} must be at least 1")
@@ -158,6 +164,8 @@ class _TrainingCallback(BaseCallback):
     def _on_step(self) -> bool:
         progress = min(1.0, self.num_timesteps / self.settings.total_timesteps)
         self.model.ent_coef = self.settings.ent_coef_start + (self.settings.ent_coef_end - self.settings.ent_coef_start) * progress
+        warmup = self.settings.lambda_warmup_fraction
+        self.training_env.set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
         if self.num_timesteps >= self.next_eval:
             self.next_eval += self.settings.eval_every
             self.evaluate()

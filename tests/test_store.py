@@ -315,3 +315,15 @@ def test_vec_env_grows_every_missing_child_of_a_step_in_one_batch(dataset: Path,
         calls.clear()
         env.step(np.ones(32, dtype=np.int64))  # everyone regenerates: rewrites, then their continuations
         assert len(calls) <= 3, calls  # strong rewrites, weak proposals, and the restarted episodes' first proposals
+
+
+def test_vec_env_lambda_can_be_changed_between_steps(tiny_trees: RolloutTrees) -> None:
+    env = StepRoutingVecEnv(tiny_trees, 4, lam=0.02, seed=0)
+    env.reset()
+    _, rewards, dones, _ = env.step(np.ones(4, dtype=np.int64))
+    env.reset()
+    env.set_lambda(0.0)
+    _, free, free_dones, _ = env.step(np.ones(4, dtype=np.int64))
+    assert (rewards[~dones] < 0).all() and (free[~free_dones] == 0).all()  # the same rewrites cost nothing at λ = 0
+    with pytest.raises(ValueError, match="lam = -0.5"):
+        env.set_lambda(-0.5)

@@ -82,6 +82,11 @@ class StepRoutingVecEnv(VecEnv):
         #: Queries passed over at reset because they have no decision node (frozen trees only).
         self.skipped_total = 0
 
+    def set_lambda(self, lam: float) -> None:
+        """Change the cost weight from the next step on (a training schedule may anneal it)."""
+        self.lam, _ = check_settings(self.trees, self.observation, lam, self.cost_unit_tokens, None)
+        self._cost_per_token = self.lam / self.cost_unit_tokens
+
     # ------------------------------------------------------------------------------------------
     # Episode mechanics (all arrays over envs)
 
