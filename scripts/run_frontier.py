@@ -108,8 +108,10 @@ def main() -> None:
     stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
     stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
     for policy in args.policies:
-        lambdas = [float(v) for v in OmegaConf.load(ROOT / "conf" / "policy" / f"{policy}.yaml").sweep_lambdas]
-        sweep_policy(policy, lambdas, args.seeds, runs, data, times)
+        config = OmegaConf.load(ROOT / "conf" / "policy" / f"{policy}.yaml")
+        # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
+        seeds = args.seeds if config.get("total_timesteps") is not None else args.seeds[:1]
+        sweep_policy(policy, [float(v) for v in config.sweep_lambdas], seeds, runs, data, times)
     stage("report", [python, "scripts/frontier.py", str(runs), "--out", str(out), "--real-reference"], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")

@@ -442,39 +442,7 @@ class SimulatedTrees(GrowingTrees):
         """Freeze into plain :class:`RolloutTrees`, nodes grouped by query in breadth-first order."""
         if ((self.weak_child < 0) & ~self.terminal).any():
             raise RuntimeError("to_cached() needs complete trees: every non-terminal node needs its weak child")
-        order = np.lexsort((np.arange(self.num_nodes), self.depth, self.query))
-        new_id = np.empty(self.num_nodes + 1, dtype=np.int32)
-        new_id[order] = np.arange(self.num_nodes, dtype=np.int32)
-        new_id[-1] = -1
-        remap = lambda ids: new_id[ids]  # noqa: E731  (index -1 hits the last slot, which is -1)
-        return RolloutTrees(
-            query=self.query[order],
-            parent=remap(self.parent[order]),
-            weak_child=remap(self.weak_child[order]),
-            strong_child=remap(self.strong_child[order]),
-            depth=self.depth[order],
-            strong_steps=self.strong_steps[order],
-            step_tokens=self.step_tokens[order],
-            step_prm=self.step_prm[order],
-            step_is_strong=self.step_is_strong[order],
-            terminal=self.terminal[order],
-            correct=self.correct[order],
-            hidden_state=self.hidden_state[order],
-            query_id=list(self.query_id),
-            root=remap(self.root),
-            level=self.level,
-            features=self.features,
-            weak_only_correct=self.weak_only_correct,
-            weak_only_tokens=self.weak_only_tokens,
-            weak_only_steps=self.weak_only_steps,
-            strong_only_correct=self.strong_only_correct,
-            strong_only_tokens=self.strong_only_tokens,
-            strong_only_steps=self.strong_only_steps,
-            strong_branch_cutoff=self.strong_branch_cutoff,
-            root_key=self.root_key,
-            max_strong_steps=self.max_strong_steps,
-            node_budget=self.node_budget,
-        )
+        return self.snapshot(np.lexsort((np.arange(self.num_nodes), self.depth, self.query)))
 
     def expand_all(self) -> None:
         """Expand every query's tree until all paths have ended.

@@ -27,8 +27,6 @@ stops instead of silently playing on with cap semantics; every batch grown befor
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trim_env.atomic import file_sha256, write_atomic
 from trim_env.keys import child_key, node_keys
 from trim_env.tree import NODE_COLUMNS, RolloutTrees, TreeFormatError
 
@@ -182,16 +181,12 @@ class GrowthJournal:
             return None
         table = pa.concat_tables(self._pending)
         self._pending, self.pending_rows = [], 0
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd", write_statistics=False)
+        content = sink.getvalue().to_pybytes()
+        target = self.directory / f"{hashlib.sha256(content).hexdigest()[:32]}.parquet"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            scratch = self.directory / f".{os.getpid()}-{uuid.uuid4().hex}.tmp"
-            pq.write_table(table, scratch, compression="zstd", write_statistics=False)
-            digest = _file_sha256(scratch)
-            with open(scratch, "rb") as handle:
-                os.fsync(handle.fileno())
-            target = self.directory / f"{digest[:32]}.parquet"
-            os.replace(scratch, target)
-            _fsync_directory(self.directory)
+            write_atomic(target, lambda scratch: scratch.write_bytes(content), durable=True)
         except OSError as error:
             # A read-only dataset (an installed package, a shared mount) still grows in memory.
             self.disabled_reason = f"cannot write growth shards to {self.directory} ({error}); grown nodes stay in memory"
@@ -201,7 +196,7 @@ class GrowthJournal:
         return target
 
     def shards(self) -> list[Path]:
-        """The shards on disk, in name order (temporary files of writers in flight are not shards)."""
+        """The shards on disk, in name order (temporary files of writers in flight are hidden ``.tmp`` files)."""
         return sorted(self.directory.glob("*.parquet")) if self.directory.is_dir() else []
 
     def read(self, verify_hash: bool = True) -> pa.Table | None:
@@ -212,7 +207,7 @@ class GrowthJournal:
         """
         tables = []
         for path in self.shards():
-            if verify_hash and not _file_sha256(path).startswith(path.stem):
+            if verify_hash and not file_sha256(path).startswith(path.stem):
                 raise TreeFormatError(
                     f"{path}: content does not hash to the shard's name: the file is corrupt or was changed; "
                     "delete it (the nodes it held are grown again on demand)"
@@ -226,22 +221,6 @@ class GrowthJournal:
                     raise TreeFormatError(f"{path}: column {name!r} is missing or not of type {dtype}")
             tables.append(table.select(list(SHARD_COLUMNS)))
         return pa.concat_tables(tables) if tables else None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)  # make the rename itself durable
-    finally:
-        os.close(handle)
 
 
 class GrowingTrees(RolloutTrees):
@@ -503,12 +482,21 @@ class GrowingTrees(RolloutTrees):
         """A new store of the given queries, sharing this one's source and journal."""
         return GrowingTrees(self.snapshot().subset(query_indices), self.source, self.journal, self.max_strong_steps, self.frozen)
 
-    def snapshot(self) -> RolloutTrees:
-        """The nodes stored now as plain (frozen) :class:`RolloutTrees`, in storage order."""
+    def snapshot(self, order: np.ndarray | None = None) -> RolloutTrees:
+        """The nodes stored now as plain (frozen) :class:`RolloutTrees`.
+
+        :param order: node ids in the order to store them (renumbered ``0..``); every parent must
+            come before its children. Default: storage order.
+        """
+        order = np.arange(self.num_nodes) if order is None else np.asarray(order, dtype=np.int64)
+        new_id = np.full(self.num_nodes + 1, -1, dtype=np.int32)  # the last slot maps -1 to -1
+        new_id[order] = np.arange(len(order), dtype=np.int32)
+        links = ("parent", "weak_child", "strong_child")
         return RolloutTrees(
-            **{name: getattr(self, name).copy() for name in NODE_COLUMNS if name != "step_text"},
+            **{name: (new_id[getattr(self, name)[order]] if name in links else getattr(self, name)[order])
+               for name in NODE_COLUMNS if name != "step_text"},
             query_id=list(self.query_id),
-            root=self.root,
+            root=new_id[self.root],
             level=self.level,
             features=self.features,
             weak_only_correct=self.weak_only_correct,
@@ -518,7 +506,7 @@ class GrowingTrees(RolloutTrees):
             strong_only_tokens=self.strong_only_tokens,
             strong_only_steps=self.strong_only_steps,
             strong_branch_cutoff=self.strong_branch_cutoff,
-            step_text=list(self._text) if self._text is not None else None,
+            step_text=[self._text[i] for i in order] if self._text is not None else None,
             problem=self.problem,
             answer=self.answer,
             root_key=self.root_key,

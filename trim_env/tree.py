@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trim_env.atomic import file_sha256, write_atomic, write_text
 from trim_env.keys import query_keys_from_ids
 
 SCHEMA_VERSION = 2
@@ -242,18 +242,8 @@ def path_minimum(parent: np.ndarray, step_prm: np.ndarray, depth: np.ndarray) ->
 # Saving
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=False, write_statistics=False)
-    os.replace(tmp, path)
+def _write_table(table: pa.Table, path: Path) -> None:
+    write_atomic(path, lambda scratch: pq.write_table(table, scratch, compression="zstd", use_dictionary=False, write_statistics=False))
 
 
 def _nodes_table(trees: RolloutTrees) -> pa.Table:
@@ -316,8 +306,8 @@ def save_dataset(
         split_dir.mkdir(exist_ok=True)
         files = {}
         for file_name, table in (("queries.parquet", _queries_table(trees)), ("nodes.parquet", _nodes_table(trees))):
-            _atomic_write_table(table, split_dir / file_name)
-            files[file_name] = _file_sha256(split_dir / file_name)
+            _write_table(table, split_dir / file_name)
+            files[file_name] = file_sha256(split_dir / file_name)
         manifest_splits[name] = {
             "n_queries": trees.num_queries,
             "n_nodes": trees.num_nodes,
@@ -334,9 +324,7 @@ def save_dataset(
         "splits": manifest_splits,
         "content_hash": content,
     }
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / MANIFEST)
+    write_text(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -371,7 +359,7 @@ def _read_table(path: Path, expected_sha256: str | None, columns: dict[str, pa.D
     if not path.exists():
         raise TreeFormatError(f"{path}: file missing")
     if expected_sha256 is not None:
-        actual = _file_sha256(path)
+        actual = file_sha256(path)
         if actual != expected_sha256:
             raise TreeFormatError(
                 f"{path}: content hash {actual[:12]}… does not match the manifest ({expected_sha256[:12]}…): "
