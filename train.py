@@ -95,7 +95,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             seq=dict(cfg.policy.get("seq") or {}),
         )
         settings = PPOSettings.from_dict(
-            {**dict(cfg.ppo), **dict(cfg.policy.get("ppo_overrides") or {}), "total_timesteps": int(cfg.policy.total_timesteps)}
+            {**dict(cfg.ppo), "total_timesteps": int(cfg.policy.total_timesteps)}
         )
         result = train_router(
             train_trees, train_queries, validation, spec, settings, lam, cost_unit, int(cfg.seed), bool(cfg.progress_bar), tracker.log
