@@ -46,7 +46,7 @@ from trim_env.sources.base import (
     check_scores,
     split_steps,
 )
-from trim_env.tree import _file_sha256
+from trim_env.atomic import file_sha256
 
 #: Serialises local inference in this process (see the module docstring).
 _INFERENCE_LOCK = threading.Lock()
@@ -84,7 +84,7 @@ def converted_gguf(model_dir: str, gguf_file: str) -> Path:
     source = Path(model_dir) / gguf_file
     if not source.is_file():
         raise FileNotFoundError(f"gguf_file = {gguf_file!r}: {source} does not exist")
-    target = model_cache_dir() / f"{source.stem}-{_file_sha256(source)[:16]}"
+    target = model_cache_dir() / f"{source.stem}-{file_sha256(source)[:16]}"
     if (target / "config.json").exists():
         return target
     scratch = target.with_name(f".{target.name}.{os.getpid()}")
