@@ -1,9 +1,11 @@
-"""Tests for trim_env.simulate (path-keyed simulator, CLI) and trim_env.data.load_trees."""
+"""Tests for trim_env.simulate (path-keyed simulator), its command line trim-simulate and trim_env.data.load_trees."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.cli.simulate import SimulateConfig, SimulatorOverrides, simulate
 from trim_env.data import load_trees
 from trim_env.simulate import (
     PRESET_DIR,
     SimulatedTrees,
     SimulatorParams,
     generate_dataset,
-    main,
 )
 from trim_env.store import GrowingTrees
 from trim_env.tree import (
@@ -58,13 +60,7 @@ def cached(n_queries: int, seed: int, max_strong_steps: int | None, node_budget:
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trim_env.simulate", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run([sys.executable, "-m", "agents.cli.simulate", *arguments], cwd=REPO, capture_output=True, text=True)
 
 
 def all_file_bytes(directory: Path) -> dict[str, bytes]:
@@ -103,7 +99,7 @@ def cli_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seed0_a": ["seed=0"],
         "seed0_b": ["seed=0"],
         "seed1": ["seed=1"],
-        "strong_weak": ["seed=0", "weak_step_logit=5.0"],
+        "strong_weak": ["seed=0", "params.weak_step_logit=5.0"],
     }
     for name, extra in runs.items():
         result = run_cli(f"preset={PRESET}", "n_queries=40", f"out={base / name}", *extra)
@@ -136,8 +132,10 @@ def test_cli_defaults_are_recorded_in_the_manifest(cli_datasets: dict[str, Path]
     assert source["params"]["weak_step_logit"] == preset_values["weak_step_logit"]
     # The command line uses the same defaults as generate_dataset.
     defaults = inspect.signature(generate_dataset).parameters
-    assert manifest["max_strong_steps"] == defaults["max_strong_steps"].default
-    assert manifest["node_budget"] == defaults["node_budget"].default
+    assert manifest["max_strong_steps"] == defaults["max_strong_steps"].default == SimulateConfig.max_strong_steps
+    assert manifest["node_budget"] == defaults["node_budget"].default == SimulateConfig.node_budget
+    assert SimulateConfig.test_fraction == defaults["test_fraction"].default
+    assert SimulateConfig.overwrite is defaults["overwrite"].default is False
     assert {name: split["n_queries"] for name, split in manifest["splits"].items()} == {"train": 32, "test": 8}
 
 
@@ -164,12 +162,15 @@ def test_cli_parameter_override_changes_data_and_is_recorded(cli_datasets: dict[
     ("argument", "fragments"),
     [
         ("preset=no-such-preset", ["unknown simulator preset 'no-such-preset'", PRESET]),
-        ("weak_stpe_logit=5.0", ["unknown simulator parameter(s) ['weak_stpe_logit']", "weak_step_logit"]),
-        ("weak_hazard_max=1.5", ["weak_hazard_max", "[0, 1]"]),
+        ("params.weak_stpe_logit=5.0", ["weak_stpe_logit", "not in 'SimulatorOverrides'"]),
+        ("params.weak_hazard_max=1.5", ["weak_hazard_max", "[0, 1]"]),
+        ("params.weak_step_logit=abc", ["params.weak_step_logit", "'abc'"]),
+        ("n_queries=many", ["n_queries", "'many'"]),
+        ("node_budget=1.5", ["node_budget", "1.5"]),
     ],
-    ids=["unknown_preset", "unknown_parameter", "invalid_parameter"],
+    ids=["unknown_preset", "unknown_parameter", "invalid_parameter", "non_numeric_parameter", "non_numeric_size", "fractional_budget"],
 )
-def test_cli_rejects_bad_names_with_a_clear_error(tmp_path: Path, argument: str, fragments: list[str]) -> None:
+def test_cli_rejects_bad_names_and_values_with_a_clear_error(tmp_path: Path, argument: str, fragments: list[str]) -> None:
     out = tmp_path / "out"
     arguments = [f"preset={PRESET}", "n_queries=4", "seed=0", f"out={out}"]
     key = argument.split("=")[0]
@@ -178,6 +179,7 @@ def test_cli_rejects_bad_names_with_a_clear_error(tmp_path: Path, argument: str,
     assert result.returncode != 0
     for fragment in fragments:
         assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
     assert not out.exists()
 
 
@@ -198,18 +200,56 @@ def test_generate_dataset_raises_value_error_naming_the_bad_input(tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_missing_arguments_exit_with_usage(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"missing argument\(s\) \['seed'\]"):
-        main([f"preset={PRESET}", "n_queries=4", f"out={tmp_path / 'out'}"])
-    with pytest.raises(SystemExit, match="key=value"):
-        main(["seed"])
+def test_cli_names_the_missing_required_settings(tmp_path: Path) -> None:
+    result = run_cli(f"preset={PRESET}", "n_queries=4", f"out={tmp_path / 'out'}")
+    assert result.returncode != 0
+    assert "missing required setting(s) ['seed']" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_to_overwrite_an_existing_dataset(cli_datasets: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("overwrite", [None, "False", "false", "0"], ids=["not_given", "False", "false", "zero"])
+def test_cli_refuses_to_replace_an_existing_dataset_unless_overwrite_is_true(
+    cli_datasets: dict[str, Path], tmp_path: Path, overwrite: str | None
+) -> None:
+    existing = tmp_path / "existing"
+    shutil.copytree(cli_datasets["seed0_a"], existing)
+    before = all_file_bytes(existing)
+    extra = [] if overwrite is None else [f"overwrite={overwrite}"]
+    result = run_cli(f"preset={PRESET}", "n_queries=40", "seed=5", f"out={existing}", *extra)
+    assert result.returncode != 0
+    assert "manifest.json already exists" in result.stderr and "overwrite=true" in result.stderr
+    assert all_file_bytes(existing) == before
+
+
+@pytest.mark.parametrize("overwrite", ["None", "yes", "2", "maybe"])
+def test_cli_refuses_a_boolean_that_is_not_true_false_1_or_0(cli_datasets: dict[str, Path], tmp_path: Path, overwrite: str) -> None:
+    existing = tmp_path / "existing"
+    shutil.copytree(cli_datasets["seed0_a"], existing)
+    before = all_file_bytes(existing)
+    result = run_cli(f"preset={PRESET}", "n_queries=40", "seed=5", f"out={existing}", f"overwrite={overwrite}")
+    assert result.returncode != 0
+    assert f"overwrite={overwrite}" in result.stderr or f"Value '{overwrite}' is not a valid bool" in result.stderr
+    assert all_file_bytes(existing) == before
+
+
+def test_cli_overwrite_true_replaces_an_existing_dataset(cli_datasets: dict[str, Path], tmp_path: Path) -> None:
+    existing = tmp_path / "existing"
+    shutil.copytree(cli_datasets["seed0_a"], existing)
+    result = run_cli(f"preset={PRESET}", "n_queries=40", "seed=1", f"out={existing}", "overwrite=true")
+    assert result.returncode == 0, result.stderr
+    assert all_file_bytes(existing) == all_file_bytes(cli_datasets["seed1"])
+
+
+def test_simulate_refuses_an_existing_dataset_in_process(cli_datasets: dict[str, Path]) -> None:
     before = all_file_bytes(cli_datasets["seed0_a"])
+    config = SimulateConfig(preset=PRESET, n_queries=40, seed=5, out=str(cli_datasets["seed0_a"]))
     with pytest.raises(FileExistsError, match="manifest.json"):
-        main([f"preset={PRESET}", "n_queries=40", "seed=5", f"out={cli_datasets['seed0_a']}"])
+        simulate(config)
     assert all_file_bytes(cli_datasets["seed0_a"]) == before
+
+
+def test_simulator_overrides_list_every_simulator_parameter() -> None:
+    assert [f.name for f in dataclasses.fields(SimulatorOverrides)] == [f.name for f in dataclasses.fields(SimulatorParams)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,17 +17,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from trim_env.paths import cache_dir, recipe_file
 from trim_env.simulate import SimulatedTrees, SimulatorParams, SimulatorSource, generate_dataset
 from trim_env.store import GrowingTrees, GrowthJournal, TreeSource
 from trim_env.tree import MANIFEST, RolloutTrees, TreeFormatError, content_digest, load_split, read_manifest
 
-#: Folder holding the default data recipe; override with the TRIM_CACHE_DIR environment variable.
-CACHE_DIR = Path(os.environ.get("TRIM_CACHE_DIR", Path(__file__).resolve().parents[1] / "cached_rollouts"))
-RECIPE_FILE = "default.json"
+#: Folder holding the default data (the TRIM_CACHE_DIR environment variable, else the checkout's
+#: ``cached_rollouts/``, else the user cache directory: :func:`trim_env.paths.cache_dir`).
+CACHE_DIR = cache_dir()
 
 
 def default_recipe() -> dict[str, Any]:
-    return json.loads((CACHE_DIR / RECIPE_FILE).read_text())
+    """The default-data recipe: ``CACHE_DIR/default.json`` if present, else the one shipped with trim."""
+    return json.loads(recipe_file(CACHE_DIR).read_text())
 
 
 def default_dataset_dir() -> Path:
@@ -53,7 +55,7 @@ def default_dataset_dir() -> Path:
         if actual != expected:
             shutil.rmtree(scratch, ignore_errors=True)
             raise TreeFormatError(
-                f"{CACHE_DIR / RECIPE_FILE}: regenerated split {split!r} has digest {actual[:12]}…, "
+                f"{recipe_file(CACHE_DIR)}: regenerated split {split!r} has digest {actual[:12]}…, "
                 f"the recipe expects {expected[:12]}…; the simulator or its preset changed since the recipe was written"
             )
     try:

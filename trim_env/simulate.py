@@ -15,10 +15,7 @@ Randomness is keyed on the *path*: every node's draws come from a counter-based 
 is reached, a cached tree and the lazy (uncapped) simulator agree node for node, output is
 byte-identical for a seed, and calibration uses common random numbers for free.
 
-Command line::
-
-    python -m trim_env.simulate preset=math500-qwen1.5b-7b n_queries=2500 seed=0 out=DIR \
-        [max_strong_steps=4] [node_budget=1500] [test_fraction=0.2] [weak_step_logit=2.0 ...]
+Command line: ``trim-simulate`` (:mod:`agents.cli.simulate`) calls :func:`generate_dataset`.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -511,7 +507,7 @@ def follow_constant(trees: RolloutTrees, regenerate: bool) -> tuple[np.ndarray, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Dataset generation and command line
+# Dataset generation
 
 
 def generate_dataset(
@@ -556,42 +552,3 @@ def generate_dataset(
         "query_ids": "sim:<preset>/<split>:<seed>:<index>",
     }
     return save_dataset(out, splits, source, max_strong_steps, node_budget, overwrite=overwrite)
-
-
-def _parse_cli(arguments: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for argument in arguments:
-        if "=" not in argument:
-            raise SystemExit(f"argument {argument!r} is not of the form key=value")
-        key, raw = argument.split("=", 1)
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
-
-
-def main(arguments: list[str] | None = None) -> None:
-    values = _parse_cli(sys.argv[1:] if arguments is None else arguments)
-    missing = [key for key in ("preset", "n_queries", "seed", "out") if key not in values]
-    if missing:
-        raise SystemExit(f"missing argument(s) {missing}; usage: python -m trim_env.simulate preset=NAME n_queries=N seed=S out=DIR")
-    node_budget = values.pop("node_budget", 1500)
-    manifest = generate_dataset(
-        out=str(values.pop("out")),
-        preset=str(values.pop("preset")),
-        n_queries=int(values.pop("n_queries")),
-        seed=int(values.pop("seed")),
-        max_strong_steps=int(values.pop("max_strong_steps", 4)),
-        node_budget=None if node_budget in (None, "null", "none") else int(node_budget),
-        test_fraction=float(values.pop("test_fraction", 0.2)),
-        overwrite=bool(values.pop("overwrite", False)),
-        **values,
-    )
-    for name, split in manifest["splits"].items():
-        print(f"{name}: {split['n_queries']} queries, {split['n_nodes']} nodes")
-    print(f"content hash {manifest['content_hash']}")
-
-
-if __name__ == "__main__":
-    main()

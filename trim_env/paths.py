@@ -1,0 +1,76 @@
+"""Where trim finds its configs, its default-data recipe and its cache, in a checkout or an installed package.
+
+A checkout (the repository, installed editable or put on ``PYTHONPATH``) keeps everything at the
+top of the repository: ``conf/`` and ``cached_rollouts/``. A plain ``pip install`` ships the
+configs as the package ``trim_conf`` and the recipe as ``trim_cached_rollouts`` (see
+``pyproject.toml``), and keeps generated data in the user's cache directory, since site-packages
+may be read-only and is not the place for a 100 MB dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+#: Environment variable naming the cache directory (default data and its recipe), as before.
+CACHE_ENV = "TRIM_CACHE_DIR"
+#: File name of the default-data recipe.
+RECIPE_FILE = "default.json"
+
+
+def checkout_root() -> Path | None:
+    """The repository this package was imported from, or ``None`` for an installed package.
+
+    A checkout is recognised by ``pyproject.toml`` and ``conf/`` next to the ``trim_env`` package.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "conf").is_dir():
+        return root
+    return None
+
+
+def _installed_package_dir(package: str) -> Path:
+    """The directory of an installed data package (a plain directory in site-packages)."""
+    try:
+        location = resources.files(package)
+    except ModuleNotFoundError as error:
+        raise FileNotFoundError(
+            f"trim's package data {package!r} is not installed and no checkout was found next to {Path(__file__).parent}; "
+            "reinstall trim (pip install <checkout>)"
+        ) from error
+    return Path(str(location))
+
+
+def config_dir() -> Path:
+    """The Hydra config directory: the checkout's ``conf/``, else the installed ``trim_conf`` package."""
+    root = checkout_root()
+    return root / "conf" if root is not None else _installed_package_dir("trim_conf")
+
+
+def user_cache_dir() -> Path:
+    """The platform's per-user cache directory for trim (``$XDG_CACHE_HOME/trim`` or ``~/.cache/trim`` on Linux)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "trim" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "trim"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trim"
+
+
+def cache_dir() -> Path:
+    """Where the default data lives: ``$TRIM_CACHE_DIR``, else the checkout's ``cached_rollouts/``, else :func:`user_cache_dir`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = checkout_root()
+    return root / "cached_rollouts" if root is not None else user_cache_dir()
+
+
+def recipe_file(cache: Path) -> Path:
+    """The default-data recipe: ``cache/default.json`` when present, else the one shipped with trim."""
+    if (cache / RECIPE_FILE).is_file():
+        return cache / RECIPE_FILE
+    root = checkout_root()
+    shipped = root / "cached_rollouts" if root is not None else _installed_package_dir("trim_cached_rollouts")
+    return shipped / RECIPE_FILE
