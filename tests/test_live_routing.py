@@ -164,12 +164,11 @@ def test_route_cli_prints_each_step_marked_weak_or_strong(server, tmp_path: Path
         "collect/prm@prm=vllm_pooling", f"prm.base_url={server.root_url}", "prm.model=prm", "prm.api_key_env=null",
         "max_strong_tokens=30",
     ]
-    command = [sys.executable, str(ROOT / "scripts" / "route.py"), "--router", str(tmp_path / "router"), "--problem", PROBLEM,
-               "--answer", "42"]
-    text = subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    command = [sys.executable, "-m", "agents.cli.route", f"router={tmp_path / 'router'}", f'problem="{PROBLEM}"', "answer=42"]
+    text = subprocess.run([*command, *overrides], capture_output=True, text=True, cwd=ROOT)
     assert text.returncode == 0, text.stderr[-3000:]
     assert "[ 1 " in text.stdout and "prm=" in text.stdout and "strong tokens" in text.stdout
-    record = subprocess.run([*command, "--json", *overrides], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    record = subprocess.run([*command, "print_json=true", *overrides], capture_output=True, text=True, cwd=ROOT)
     solution = json.loads(record.stdout)
     assert solution["strong_tokens"] <= 30
     marks = {line.split()[2] for line in text.stdout.splitlines() if line.startswith("[")}

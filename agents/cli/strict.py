@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 #: The spellings of a boolean accepted on the command line (compared lower-case).
@@ -41,3 +42,22 @@ def check_boolean_overrides(cfg: Any) -> None:
     errors = boolean_override_errors(cfg, list(HydraConfig.get().overrides.task))
     if errors:
         raise SystemExit("error: " + "; ".join(errors))
+
+
+def require_settings(arguments: list[str], names: tuple[str, ...], usage: str) -> None:
+    """Exit with the usage line when a required setting is missing from the command line.
+
+    Apps whose run directory is a required setting (``hydra.run.dir: ${out}``) call this before
+    Hydra starts: Hydra could otherwise only fail with a traceback while naming the directory.
+    Hydra's own flags (``--help``, ``--cfg job`` ...) need no settings and skip the check.
+
+    :param arguments: the command-line arguments (``sys.argv[1:]``).
+    :param names: settings that must be given.
+    :param usage: the usage line shown with the error.
+    """
+    if any(argument.startswith("-") for argument in arguments):
+        return
+    given = {override.key_or_group for override in OverridesParser.create().parse_overrides(arguments)}
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise SystemExit(f"error: missing required setting(s) {missing}; usage: {usage}")

@@ -1,0 +1,132 @@
+"""trim-collect: collect rollout trees with real models into a dataset that ``trim-train data.path=OUT`` trains on.
+
+    trim-collect out=DIR                                  # offline SmolLM2 defaults
+    trim-collect out=DIR problems.limit=20 max_strong_steps=1 max_tokens_per_step=64
+    trim-collect out=DIR collect/problems@problems=math500 \\
+        collect/generator@weak=openai weak.model=Qwen/Qwen2.5-1.5B-Instruct \\
+        collect/generator@strong=openai strong.model=Qwen/Qwen2.5-7B-Instruct strong.base_url=http://127.0.0.1:8002/v1 \\
+        collect/prm@prm=vllm_pooling
+
+Settings: :class:`CollectConfig` and ``conf/collect.yaml`` (backends in ``conf/collect/``). A
+killed run restarted with the same command resumes: finished queries are kept, the rest are
+collected, and the dataset is written at the end (``OUT/manifest.json``, ``OUT/train``,
+``OUT/test``) with a summary of calls and tokens per model in ``OUT/collection_summary.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from agents.cli.strict import check_boolean_overrides, require_settings
+from trim_env.paths import checkout_root, config_dir
+from trim_env.sources.collect import CollectSettings, collect, load_problems
+from trim_env.sources.factory import make_backends
+
+
+
+@dataclass
+class CollectConfig:
+    """Settings of ``trim-collect``; the backends and problems come from the ``conf/collect/`` groups."""
+
+    #: Output directory: per-query records (resumable), then the dataset (train/ and test/ splits).
+    out: str = MISSING
+    #: K: cap on strong steps per path.
+    max_strong_steps: int = 2
+    #: A path ends after this many steps (at most 30, the router's observation length).
+    max_steps: int = 30
+    #: Decoded-token limit of one step, for both models.
+    max_tokens_per_step: int = 512
+    #: Share of problems in the test split; the assignment is a permutation seeded by split_seed.
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    #: Root of the per-request sampling seeds.
+    seed: int = 0
+    #: Queries in flight at once (their calls overlap: useful with HTTP servers).
+    concurrent_queries: int = 4
+    #: Torch CPU threads for local models (null: torch's default).
+    torch_threads: Optional[int] = None
+    progress_bar: bool = True
+    #: Problems, weak and strong generators and PRM (config groups of conf/collect/).
+    problems: Any = None
+    weak: Any = None
+    strong: Any = None
+    prm: Any = None
+
+
+def resolve_path(path: str | None) -> str | None:
+    """A relative path as given from the working directory, else from the checkout (when there is one)."""
+    root = checkout_root()
+    if path is None or root is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(root / path)
+
+
+async def run(cfg: DictConfig) -> dict[str, Any]:
+    """Collect the dataset ``cfg`` describes; returns the collection summary."""
+    config: Any = OmegaConf.to_container(cfg, resolve=True)
+    problems_cfg = config["problems"]
+    problems = load_problems(**{**problems_cfg, "path": resolve_path(problems_cfg["path"])})
+    weak, strong, prm = make_backends(config)
+    try:
+        return await collect(
+            problems,
+            weak,
+            strong,
+            prm,
+            CollectSettings(cfg.max_strong_steps, cfg.max_steps, cfg.seed),
+            cfg.out,
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.split_seed,
+            source={"problems": {key: problems_cfg[key] for key in ("path", "dataset", "split", "limit", "offset")},
+                    "max_tokens_per_step": cfg.max_tokens_per_step},
+            concurrent_queries=cfg.concurrent_queries,
+            progress_bar=cfg.progress_bar,
+        )
+    finally:
+        for backend in (weak, strong, prm):
+            await backend.aclose()
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Calls and decoded tokens per model, and this run's throughput, as text."""
+    run = summary["this_run"]
+    lines = [f"{summary['queries']} queries, {summary['nodes']} nodes"]
+    for role in ("weak", "strong"):
+        entry = summary[role]
+        lines.append(f"  {role:6s} {entry['model']}: {entry['calls']} calls, {entry['decoded_tokens']} decoded tokens")
+    lines.append(f"  prm    {summary['prm']['model']}: {summary['prm']['calls']} calls (naive {summary['prm']['naive_calls']})")
+    lines.append(
+        f"  generator calls per query {summary['generator_calls_per_query']:.1f} "
+        f"(naive {summary['naive_generator_calls_per_query']:.1f})"
+    )
+    lines.append(
+        f"  this run: {run['queries']} queries in {run['seconds']:.1f} s, {run['tokens_per_s']:.1f} tokens/s, "
+        f"{run['nodes_per_minute']:.1f} nodes/minute"
+    )
+    return "\n".join(lines)
+
+
+def _run(cfg: DictConfig) -> None:
+    check_boolean_overrides(cfg)
+    summary = asyncio.run(run(cfg))
+    print(format_summary(summary))
+    print(f"\nwrote the dataset to {cfg.out} (summary: {Path(cfg.out) / 'collection_summary.json'})")
+
+
+def main() -> None:
+    """Console script ``trim-collect``."""
+    require_settings(sys.argv[1:], ("out",), "trim-collect out=DIR [overrides ...]")
+    ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
+    hydra.main(config_path=str(config_dir()), config_name="collect", version_base="1.3")(_run)()
+
+
+if __name__ == "__main__":
+    main()
