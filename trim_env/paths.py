@@ -9,9 +9,9 @@ may be read-only and is not the place for a 100 MB dataset.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 #: Environment variable naming the cache directory (default data and its recipe), as before.
@@ -31,22 +31,27 @@ def checkout_root() -> Path | None:
     return None
 
 
-def _installed_package_dir(package: str) -> Path:
-    """The directory of an installed data package (a plain directory in site-packages)."""
-    try:
-        location = resources.files(package)
-    except ModuleNotFoundError as error:
-        raise FileNotFoundError(
-            f"trim's package data {package!r} is not installed and no checkout was found next to {Path(__file__).parent}; "
-            "reinstall trim (pip install <checkout>)"
-        ) from error
-    return Path(str(location))
+def _installed_package_dir(package: str, marker: str) -> Path:
+    """The directory of an installed data package holding ``marker`` (a plain directory in site-packages).
+
+    The data packages have no ``__init__.py`` (they are namespace packages), so their directory
+    is read from the import spec: the first location that holds ``marker``.
+    """
+    spec = importlib.util.find_spec(package)
+    locations = [Path(location) for location in (spec.submodule_search_locations or [])] if spec is not None else []
+    for location in locations:
+        if (location / marker).is_file():
+            return location
+    raise FileNotFoundError(
+        f"trim's package data {package!r} (with {marker}) is not installed and no checkout was found next to "
+        f"{Path(__file__).parent}; reinstall trim (pip install <checkout>)"
+    )
 
 
 def config_dir() -> Path:
     """The Hydra config directory: the checkout's ``conf/``, else the installed ``trim_conf`` package."""
     root = checkout_root()
-    return root / "conf" if root is not None else _installed_package_dir("trim_conf")
+    return root / "conf" if root is not None else _installed_package_dir("trim_conf", "config.yaml")
 
 
 def user_cache_dir() -> Path:
@@ -72,5 +77,5 @@ def recipe_file(cache: Path) -> Path:
     if (cache / RECIPE_FILE).is_file():
         return cache / RECIPE_FILE
     root = checkout_root()
-    shipped = root / "cached_rollouts" if root is not None else _installed_package_dir("trim_cached_rollouts")
+    shipped = root / "cached_rollouts" if root is not None else _installed_package_dir("trim_cached_rollouts", RECIPE_FILE)
     return shipped / RECIPE_FILE

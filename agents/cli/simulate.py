@@ -90,7 +90,7 @@ def simulate(config: SimulateConfig) -> dict[str, Any]:
 
 def _run(cfg: Any) -> None:
     check_boolean_overrides(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise SystemExit(f"error: missing required setting(s) {missing}; usage: trim-simulate preset=NAME n_queries=N seed=S out=DIR")
     config: SimulateConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
