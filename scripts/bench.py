@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trim_env.data import default_dataset_dir  # noqa: E402
-from trim_env.env import StepRoutingEnv  # noqa: E402
-from trim_env.evaluation import DecisionBatch, run_episodes, run_thresholds  # noqa: E402
-from trim_env.tree import load_split  # noqa: E402
+from trim_env.data import default_dataset_dir
+from trim_env.env import StepRoutingEnv
+from trim_env.evaluation import DecisionBatch, run_episodes, run_thresholds
+from trim_env.tree import load_split
 
 THRESHOLDS = np.linspace(0.0, 1.0, 21)
 

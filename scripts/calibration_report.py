@@ -1,28 +1,28 @@
 """Calibration report: a simulator preset side by side with the real reference figures.
 
 Writes ``calibration.md`` (tables) and ``calibration.png`` (TRIM-Thr frontier and step counts)
-to ``--out``. Simulated figures are averaged over ``--seeds`` runs of ``--n-queries`` queries each,
+to ``out``. Simulated figures are averaged over ``seeds`` runs of ``n_queries`` queries each,
 evaluated through the uncapped simulator and, for the default cached test split, through the
 cached trees (where the cap K and node budget apply).
 
-Usage::
+Usage (a Hydra app: ``conf/calibration_report.yaml``)::
 
-    python scripts/calibration_report.py [--preset math500-qwen1.5b-7b] [--out cached_rollouts/calibration]
+    python scripts/calibration_report.py [preset=math500-qwen1.5b-7b] [out=cached_rollouts/calibration] ['seeds=[0,1,2]']
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import matplotlib
+import numpy as np
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from trim_env.calibration import (  # noqa: E402
+from agents.cli.strict import check_boolean_overrides
+from trim_env.calibration import (
     DEFAULT_REFERENCE,
     LEVEL_AUROC_TARGET,
     MIN_SCORE_AUROC_TARGET,
@@ -31,9 +31,25 @@ from trim_env.calibration import (  # noqa: E402
     measure,
     measure_trees,
 )
-from trim_env.data import load_trees  # noqa: E402
-from trim_env.simulate import SimulatedTrees, SimulatorParams  # noqa: E402
-from trim_env.tree import STATE_CORRECT, STATE_DERAILED, STATE_LAST_STEP_WRONG  # noqa: E402
+from trim_env.data import load_trees
+from trim_env.paths import config_dir
+from trim_env.simulate import SimulatedTrees, SimulatorParams
+from trim_env.tree import STATE_CORRECT, STATE_DERAILED, STATE_LAST_STEP_WRONG
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt
+
+
+@dataclass(frozen=True)
+class Arguments:
+    """The report's settings (``conf/calibration_report.yaml``)."""
+
+    preset: str
+    reference: str
+    seeds: list[int]
+    n_queries: int
+    out: str
+
 
 STATE_GRIDS = {
     STATE_CORRECT: "S0_correct",
@@ -67,7 +83,8 @@ def observation_summary(params: SimulatorParams, reference_path: Path, n_queries
     score, state = np.concatenate(scores), np.concatenate(states)
     centres = (np.arange(20) + 0.5) * 0.05
     lines = [
-        "| hidden state | ProcessBench mean score | simulated mean score | ProcessBench P(score<0.5) | simulated P(score<0.5) | simulated share of weak steps |",
+        "| hidden state | ProcessBench mean score | simulated mean score | ProcessBench P(score<0.5) | simulated P(score<0.5) "
+        "| simulated share of weak steps |",
         "|---|---|---|---|---|---|",
     ]
     for code, key in STATE_GRIDS.items():
@@ -80,15 +97,16 @@ def observation_summary(params: SimulatorParams, reference_path: Path, n_queries
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="math500-qwen1.5b-7b")
-    parser.add_argument("--reference", default=str(DEFAULT_REFERENCE))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n-queries", type=int, default=500)
-    parser.add_argument("--out", default="cached_rollouts/calibration")
-    args = parser.parse_args()
-
+@hydra.main(config_path=str(config_dir()), config_name="calibration_report", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    check_boolean_overrides(cfg)
+    args = Arguments(
+        preset=str(cfg.preset),
+        reference=str(cfg.reference or DEFAULT_REFERENCE),
+        seeds=[int(seed) for seed in cfg.seeds],
+        n_queries=int(cfg.n_queries),
+        out=str(cfg.out),
+    )
     targets = Targets.load(args.reference)
     params = SimulatorParams.preset(args.preset)
     figures = [measure(params, seed, args.n_queries, targets.thresholds) for seed in args.seeds]
@@ -106,7 +124,7 @@ def main() -> None:
         "trim_qwen1.5b_7b_math.json`, TRIM authors' release) and AUROCs from real MATH-500 trajectories "
         "(`shared/README.md`).",
         f"Simulator: {args.n_queries} queries × seeds {{{seeds}}}, uncapped; mean ± SD over seeds.",
-        f"Command: `python scripts/calibration_report.py --preset {args.preset}`",
+        f"Command: `python scripts/calibration_report.py preset={args.preset}`",
         "",
         "## Anchors and signal quality",
         "",

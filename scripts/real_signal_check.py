@@ -1,6 +1,6 @@
 """Real-signal check: how well each query-level router's signal predicts the weak model's success, real vs simulated.
 
-For every real MATH-500 trajectory file in ``../shared/data/real_trajectories`` (graded with
+For every real MATH-500 trajectory file in ``<shared>/data/real_trajectories`` (graded with
 math-verify where the file has no correctness field) this reports the AUROC, for a correct weak
 answer, of the weak solution's minimum and last PRM step score (AutoMix-PRM), of the MATH level
 (lower = easier) and of a text classifier (logistic regression on all-MiniLM-L6-v2 embeddings of
@@ -9,28 +9,27 @@ fold). Beside them: the same figures on the simulated default test split, where 
 reads the simulator's query features and level and trains on the train split. The Llama pair is
 not ordered by strength, so this reports signal quality, not PGR.
 
-Usage::
+Usage (a Hydra app: ``conf/real_signal_check.yaml``)::
 
-    python scripts/real_signal_check.py [--shared ../shared] [--out outputs/real_signal]
+    python scripts/real_signal_check.py [shared=../shared] [out=outputs/real_signal] [folds=5] [seed=0]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from agents.baselines.query_level import LogisticClassifier, query_features, select_and_fit, weak_solution_scores  # noqa: E402
-from agents.baselines.real_trajectories import RealSolutions, load_real_solutions, math500_levels  # noqa: E402
-from agents.baselines.text_features import embed_texts  # noqa: E402
-from trim_env.data import load_trees  # noqa: E402
-from trim_env.metrics import auroc  # noqa: E402
+from agents.baselines.query_level import LogisticClassifier, query_features, select_and_fit, weak_solution_scores
+from agents.baselines.real_trajectories import RealSolutions, load_real_solutions, math500_levels
+from agents.baselines.text_features import embed_texts
+from agents.cli.strict import check_boolean_overrides
+from trim_env.data import load_trees
+from trim_env.metrics import auroc
+from trim_env.paths import checkout_root, config_dir
 
 #: L2 strengths tried for the text classifier (384 inputs, a few hundred training problems).
 TEXT_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -112,28 +111,34 @@ def markdown(columns: dict[str, dict[str, float]], folds: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared/ folder (read only)")
-    parser.add_argument("--out", default="outputs/real_signal", help="output directory for real_signal.md/json")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the text classifier")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def shared_dir(setting: str | None) -> Path:
+    """The shared/ folder: as given, else ``shared/`` beside the checkout."""
+    if setting is not None:
+        return Path(setting)
+    root = checkout_root()
+    if root is None:
+        raise SystemExit("error: no checkout to find ../shared next to; give shared=DIR")
+    return root.parent / "shared"
 
-    shared = Path(args.shared) / "data"
+
+@hydra.main(config_path=str(config_dir()), config_name="real_signal_check", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    check_boolean_overrides(cfg)
+    folds, seed = int(cfg.folds), int(cfg.seed)
+    shared = shared_dir(cfg.shared) / "data"
     files = sorted((shared / "real_trajectories").glob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"no *.jsonl under {shared / 'real_trajectories'}; give --shared DIR")
+        raise SystemExit(f"error: no *.jsonl under {shared / 'real_trajectories'}; give shared=DIR")
     levels = math500_levels(shared / "problems" / "math500" / "test.jsonl")
     solutions = [load_real_solutions(path, levels) for path in files]
     problems = sorted({p for s in solutions for p in s.problem})
     embeddings = dict(zip(problems, embed_texts(problems)))  # every file shares the same 500 problems
-    columns = {s.name.split("_")[0]: real_column(s, embeddings, args.folds, args.seed) for s in solutions}
-    columns["simulator"] = simulator_column(args.seed)
+    columns = {s.name.split("_")[0]: real_column(s, embeddings, folds, seed) for s in solutions}
+    columns["simulator"] = simulator_column(seed)
 
-    out = Path(args.out)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = markdown(columns, args.folds)
+    report = markdown(columns, folds)
     (out / "real_signal.md").write_text(report + "\n")
     (out / "real_signal.json").write_text(json.dumps({"files": [str(f) for f in files], "columns": columns}, indent=2) + "\n")
     print(report)

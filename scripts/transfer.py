@@ -6,50 +6,38 @@ cached trees with the default data's cap and node budget (test split only), and 
 evaluated on it: TRIM-Thr (the ``conf/policy/thr.yaml`` threshold sweep), the baselines of
 ``conf/baselines.yaml`` and the routers. The source's own test split is the first column.
 
-Usage::
+Usage (a Hydra app: ``conf/transfer.yaml``, which extends ``conf/baselines.yaml``)::
 
-    python scripts/transfer.py --out outputs/transfer [--routers OUT/router ...] [oracle.n_lambdas=50 ...]
+    python scripts/transfer.py out=outputs/transfer ['routers=[OUT/router, ...]'] [oracle.n_lambdas=50 ...]
 
 Writes ``OUT/transfer.md``, ``OUT/transfer.json`` and ``OUT/<dataset>/results.json`` (for
-``scripts/frontier.py``). Trailing ``key=value`` arguments override ``conf/baselines.yaml``.
+``scripts/frontier.py``). Every setting of ``conf/baselines.yaml`` is overridden the same way.
+Run it as a script: ``frontier`` is imported from this directory (``scripts/frontier.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
+import hydra
+from frontier import summarize_methods  # scripts/frontier.py: the report's own frontier summary
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from frontier import summarize_methods  # noqa: E402  (the report's own frontier summary)
-
-from agents import load_router  # noqa: E402
-from agents.export import check_not_trained_on  # noqa: E402
-from agents.baselines.suite import baseline_points, fit_query_routers  # noqa: E402
-from trim_env import metrics  # noqa: E402
-from trim_env.data import default_recipe, load_trees, open_split  # noqa: E402
-from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds  # noqa: E402
-from trim_env.simulate import generate_dataset  # noqa: E402
-from trim_env.tree import RolloutTrees  # noqa: E402
+from agents import load_router
+from agents.baselines.suite import baseline_points, fit_query_routers
+from agents.cli.strict import check_boolean_overrides
+from agents.export import check_not_trained_on
+from trim_env import metrics
+from trim_env.data import default_recipe, load_trees, open_split
+from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, run_thresholds
+from trim_env.paths import config_dir
+from trim_env.simulate import generate_dataset
+from trim_env.tree import RolloutTrees
 
 TARGET_PRESETS = ("aime-qwen1.5b-7b", "math500-qwen1.5b-qwen3-8b")
-
-
-def load_configs(overrides: list[str]) -> tuple[DictConfig, list[float]]:
-    """The baselines config (with ``overrides``) and TRIM-Thr's thresholds, from ``conf/``."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        baselines = compose("baselines", overrides=overrides)
-        thresholds = [float(k) for k in compose("evaluate", overrides=["policy=thr"]).policy.thresholds]
-    return baselines, thresholds
 
 
 def target_datasets(n_queries: int, seed: int, workdir: Path) -> dict[str, RolloutTrees]:
@@ -145,25 +133,20 @@ def markdown(
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--routers", nargs="*", default=[], help="exported router directories (trained on the default data)")
-    parser.add_argument("--n-queries", type=int, default=500, help="simulated queries per target preset")
-    parser.add_argument("--seed", type=int, default=0, help="simulator seed of the target datasets")
-    parser.add_argument("--out", default="outputs/transfer", help="output directory")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of conf/baselines.yaml")
-    args = parser.parse_args()
-
-    cfg, thresholds = load_configs(args.overrides)
-    routers = [load_router(path) for path in args.routers]
+@hydra.main(config_path=str(config_dir()), config_name="transfer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    check_boolean_overrides(cfg)
+    thresholds = [float(k) for k in cfg.thr.thresholds]
+    router_dirs = [str(path) for path in cfg.routers]
+    routers = [load_router(path) for path in router_dirs]
     baselines = fit_query_routers(load_trees(split="train"), cfg)
-    out = Path(args.out)
+    out = Path(cfg.out)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     references: dict[str, metrics.Reference] = {}
     ibc_ranges: dict[str, tuple[float, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="trim-transfer-") as workdir:
-        for name, trees in target_datasets(args.n_queries, args.seed, Path(workdir)).items():
-            for path in args.routers:
+        for name, trees in target_datasets(int(cfg.target_queries), int(cfg.target_seed), Path(workdir)).items():
+            for path in router_dirs:
                 check_not_trained_on(path, trees.query_id)
             points = dataset_points(trees, thresholds, routers, baselines, cfg)
             run_dir = out / name.split(" ")[0]
@@ -178,7 +161,7 @@ def main() -> None:
         json.dumps(
             {
                 "config": OmegaConf.to_container(cfg, resolve=True),
-                "routers": args.routers,
+                "routers": router_dirs,
                 "references": {name: ref.__dict__ for name, ref in references.items()},
                 "delta_ibc_ranges": ibc_ranges,
                 "methods": results,

@@ -114,7 +114,7 @@ class SimulatorParams:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ValueError(f"unknown simulator parameter(s) {unknown}; known: {sorted(names)}")
-        converted = {}
+        converted: dict[str, Any] = {}
         for key, value in values.items():
             default = names[key].default
             if isinstance(default, tuple):
@@ -322,6 +322,7 @@ class SimulatorSource:
     def draw(self, store: RolloutTrees, parents: np.ndarray, strong: bool, keys: np.ndarray) -> ChildBatch:
         query = store.query[parents]
         replaced = store.step_tokens[store.weak_child[parents]] if strong else None
+        assert store.root_key is not None  # RolloutTrees derives it on construction
         drawn = draw_step(
             self.params,
             self.query_latents(store.root_key).take(query),
@@ -331,7 +332,14 @@ class SimulatorSource:
             strong,
             replaced,
         )
-        return ChildBatch(parents=parents, **drawn)
+        return ChildBatch(
+            parents=parents,
+            step_tokens=drawn["step_tokens"],
+            step_prm=drawn["step_prm"],
+            terminal=drawn["terminal"],
+            correct=drawn["correct"],
+            hidden_state=drawn["hidden_state"],
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -236,6 +236,9 @@ class GrowingTrees(RolloutTrees):
     :param frozen: never grow, even with a source.
     """
 
+    #: Path key of every node (:mod:`trim_env.keys`), published with the other node columns.
+    key: np.ndarray
+
     def __init__(
         self,
         base: RolloutTrees,
@@ -255,6 +258,7 @@ class GrowingTrees(RolloutTrees):
         # Headroom for growth without an early reallocation of every column.
         self._nodes = _Growable(_STORE_DTYPES, capacity=base.num_nodes + base.num_nodes // 8 + 1024)
         columns = {name: getattr(base, name) for name in _STORE_DTYPES if name not in ("key", "path_min_prm")}
+        assert base.root_key is not None  # RolloutTrees derives it on construction
         columns["key"] = node_keys(base.root_key, base.root, base.parent, base.step_is_strong, base.depth)
         columns["path_min_prm"] = base.path_min_prm
         self._nodes.append(columns)
@@ -271,7 +275,7 @@ class GrowingTrees(RolloutTrees):
             self.__dict__[name] = column[: nodes.size]
 
     @property
-    def step_text(self) -> list[str | None] | None:  # type: ignore[override]
+    def step_text(self) -> list[str | None] | None:
         return self._text
 
     @step_text.setter
@@ -279,7 +283,7 @@ class GrowingTrees(RolloutTrees):
         self._text = value
 
     @property
-    def can_grow(self) -> bool:
+    def can_grow(self) -> bool:  # type: ignore[override]  # RolloutTrees' constant False becomes a state here
         """Whether missing children are drawn from the source now."""
         return self.source is not None and not self.frozen and self.source.available()
 
@@ -471,8 +475,8 @@ class GrowingTrees(RolloutTrees):
             columns["weak_child"][owner[~is_strong]] = -1
             removed += dangling.size
 
-    def flush(self) -> Path | None:
-        """Persist what was grown since the last flush (no-op without a journal)."""
+    def flush(self) -> Path | None:  # type: ignore[override]  # cached trees return None: nothing to persist
+        """Persist what was grown since the last flush (no-op without a journal); returns the new shard, if any."""
         return self.journal.flush() if self.journal is not None else None
 
     # ------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from trim_env.sources.collect import CollectSettings, collect, load_problems
 from trim_env.sources.factory import make_backends
 
 
-
 @dataclass
 class CollectConfig:
     """Settings of ``trim-collect``; the backends and problems come from the ``conf/collect/`` groups."""
