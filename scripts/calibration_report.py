@@ -21,7 +21,7 @@ import matplotlib
 import numpy as np
 from omegaconf import DictConfig
 
-from agents.cli.strict import check_boolean_overrides
+from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
 from trim_env.calibration import (
     DEFAULT_REFERENCE,
     LEVEL_AUROC_TARGET,
@@ -107,6 +107,7 @@ def main(cfg: DictConfig) -> None:
         n_queries=int(cfg.n_queries),
         out=str(cfg.out),
     )
+    refuse_to_overwrite(args.out, ("calibration.md", "calibration.png"), bool(cfg.overwrite))
     targets = Targets.load(args.reference)
     params = SimulatorParams.preset(args.preset)
     figures = [measure(params, seed, args.n_queries, targets.thresholds) for seed in args.seeds]

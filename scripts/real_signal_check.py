@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from agents.baselines.query_level import LogisticClassifier, query_features, select_and_fit, weak_solution_scores
 from agents.baselines.real_trajectories import RealSolutions, load_real_solutions, math500_levels
 from agents.baselines.text_features import embed_texts
-from agents.cli.strict import check_boolean_overrides
+from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
 from trim_env.data import load_trees
 from trim_env.metrics import auroc
 from trim_env.paths import checkout_root, config_dir
@@ -125,6 +125,7 @@ def shared_dir(setting: str | None) -> Path:
 def main(cfg: DictConfig) -> None:
     check_boolean_overrides(cfg)
     folds, seed = int(cfg.folds), int(cfg.seed)
+    refuse_to_overwrite(cfg.out, ("real_signal.md", "real_signal.json"), bool(cfg.overwrite))
     shared = shared_dir(cfg.shared) / "data"
     files = sorted((shared / "real_trajectories").glob("*.jsonl"))
     if not files:

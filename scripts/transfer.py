@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import load_router
 from agents.baselines.suite import baseline_points, fit_query_routers
-from agents.cli.strict import check_boolean_overrides
+from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
 from agents.export import check_not_trained_on
 from trim_env import metrics
 from trim_env.data import default_recipe, load_trees, open_split
@@ -136,6 +136,7 @@ def markdown(
 @hydra.main(config_path=str(config_dir()), config_name="transfer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     check_boolean_overrides(cfg)
+    refuse_to_overwrite(cfg.out, ("transfer.md", "transfer.json"), bool(cfg.overwrite))
     thresholds = [float(k) for k in cfg.thr.thresholds]
     router_dirs = [str(path) for path in cfg.routers]
     routers = [load_router(path) for path in router_dirs]

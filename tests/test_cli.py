@@ -111,3 +111,13 @@ def test_no_file_edits_sys_path() -> None:
 #: sys.path edits in scripts of the plug-11 branch (evaluate, baselines, frontier); the lead empties
 #: this set when merging, after which no file may edit sys.path.
 PENDING_SYS_PATH = {"scripts/frontier.py:67", "scripts/evaluate.py:21", "scripts/baselines.py:23"}
+
+
+def test_an_existing_report_is_refused_unless_overwrite_and_left_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "transfer.md").write_text("earlier")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "transfer.py"), f"out={tmp_path}"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path} already holds transfer.md" in result.stderr and "overwrite=true" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transfer.md"] and (tmp_path / "transfer.md").read_text() == "earlier"

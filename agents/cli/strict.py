@@ -1,4 +1,4 @@
-"""Strict reading of command-line overrides, shared by the Hydra apps.
+"""Checks shared by the Hydra apps: strict booleans, required settings, no silent overwrite.
 
 Hydra and OmegaConf accept ``yes``, ``on``, ``n`` or any integer for a boolean setting (``2``
 becomes true). A typo then silently means "true", so every app calls
@@ -8,6 +8,7 @@ becomes true). A typo then silently means "true", so every app calls
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -61,3 +62,19 @@ def require_settings(arguments: list[str], names: tuple[str, ...], usage: str) -
     missing = [name for name in names if name not in given]
     if missing:
         raise SystemExit(f"error: missing required setting(s) {missing}; usage: {usage}")
+
+
+def refuse_to_overwrite(directory: str | Path, outputs: tuple[str, ...], overwrite: bool) -> None:
+    """Exit with a message when ``directory`` already holds one of ``outputs`` and ``overwrite`` is false.
+
+    Called before anything is written, so a refused run leaves the earlier results as they were.
+
+    :param directory: the run's output directory.
+    :param outputs: file names the run writes there.
+    :param overwrite: the run's ``overwrite`` setting.
+    """
+    existing = [name for name in outputs if (Path(directory) / name).exists()]
+    if existing and not overwrite:
+        raise SystemExit(
+            f"error: {directory} already holds {', '.join(existing)}; choose another out=DIR or pass overwrite=true to replace them"
+        )
