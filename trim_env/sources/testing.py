@@ -16,7 +16,7 @@ an unknown model name fails with 404 as vLLM's does. The server binds a free por
 interface only and stops with its ``with`` block.
 
     with TestingServer({"weak": ScriptedModel("weak")}, pooling=ScriptedPRM()) as server:
-        client = HTTPClient(server.base_url, "weak")
+        client = HTTPClient(HTTPSettings(server.base_url, "weak", api_key_env=None))
 
 :func:`build_random_prm` writes a small Qwen2.5-Math-PRM-shaped model (a token-classification
 head with two labels, a tokenizer with the ``<extra_0>`` step token) with random weights: it
