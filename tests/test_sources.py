@@ -11,9 +11,9 @@ and a random-weight PRM in the Qwen2.5-Math-PRM shape. Torch runs single-threade
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -322,6 +322,37 @@ def test_httpx_request_logs_are_quiet_by_default_and_an_explicit_level_is_kept(c
         assert httpx_logger.level == logging.INFO
     finally:
         httpx_logger.setLevel(saved)
+
+
+def _tiny_checkpoint(directory: Path) -> Path:
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    directory.mkdir()
+    save_file({"embed.weight": torch.zeros(64, 8)}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    return directory
+
+
+@pytest.mark.parametrize("case", ["truncated_weights", "config_without_model_type", "config_not_json", "config_missing"])
+def test_a_broken_local_checkpoint_is_named_with_its_file_and_field(tmp_path: Path, case: str):
+    from trim_env.sources.local import load_pretrained  # noqa: PLC0415
+
+    checkpoint = _tiny_checkpoint(tmp_path / "model")
+    weights, config = checkpoint / "model.safetensors", checkpoint / "config.json"
+    if case == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:-100])
+        expected = rf"{re.escape(str(weights))}: cannot be read .*truncated"
+    elif case == "config_without_model_type":
+        config.write_text(json.dumps({"hidden_size": 8}))
+        expected = rf"{re.escape(str(config))}: field 'model_type' is missing"
+    elif case == "config_not_json":
+        config.write_text('{"model_type": ')
+        expected = rf"{re.escape(str(config))}: not valid JSON"
+    else:
+        config.unlink()
+        expected = rf"{re.escape(str(config))}: missing"
+    with pytest.raises(ValueError, match=expected):
+        load_pretrained(str(checkpoint), "causal_lm")
 
 
 def test_a_missing_model_package_is_named():
