@@ -34,8 +34,8 @@ from trim_env.sources.base import (
     StepRequest,
     solution_text,
 )
-from trim_env.sources.query_tree import request_seed
 from trim_env.sources.grading import boxed_answer, grade
+from trim_env.sources.query_tree import request_seed
 from trim_env.tree import MAX_STEPS
 
 

@@ -25,10 +25,16 @@ import torch
 
 from trim_env.atomic import DirectoryLock, DirectoryLockedError
 from trim_env.sources.collect import SUMMARY_FILE, collect
-from trim_env.sources.problems import BUNDLED_PROBLEMS, Problem, ProblemsSettings, bundled_problems_path, load_problems
+from trim_env.sources.factory import make_generator, make_prm
+from trim_env.sources.problems import (
+    BUNDLED_PROBLEMS,
+    Problem,
+    ProblemsSettings,
+    bundled_problems_path,
+    load_problems,
+)
 from trim_env.sources.query_tree import CollectSettings
 from trim_env.sources.records import LOCK_FILE, RECORDS
-from trim_env.sources.factory import make_generator, make_prm
 from trim_env.sources.testing import (
     ScriptedModel,
     ScriptedPRM,

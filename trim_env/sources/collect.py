@@ -31,7 +31,12 @@ from tqdm.auto import tqdm
 from trim_env.atomic import DirectoryLock, write_json
 from trim_env.sources.base import PRMScorer, StepGenerator
 from trim_env.sources.problems import Problem
-from trim_env.sources.query_tree import ANCHOR_FIELDS, CollectSettings, QueryTree, collect_query
+from trim_env.sources.query_tree import (
+    ANCHOR_FIELDS,
+    CollectSettings,
+    QueryTree,
+    collect_query,
+)
 from trim_env.sources.records import LOCK_FILE, RecordStore, pin_run
 from trim_env.tree import (
     NODE_INDEX,
@@ -75,14 +80,15 @@ def build_trees(queries: Sequence[QueryTree], max_strong_steps: int) -> RolloutT
     def anchor(run: str, position: int, name: str) -> np.ndarray:
         return np.array([getattr(query, run)[position] for query in queries], dtype=QUERY_COLUMNS[name].to_pandas_dtype())
 
+    columns: dict[str, Any] = {column.name: node_column(column) for column in NODE_SCHEMA}
+    columns.update({f"{run}_{what}": anchor(run, position, f"{run}_{what}")
+                    for run in ("weak_only", "strong_only") for position, what in enumerate(ANCHOR_FIELDS)})
     return RolloutTrees(
-        **{column.name: node_column(column) for column in NODE_SCHEMA},
+        **columns,
         query_id=[query.problem.query_id for query in queries],
         root=offsets[:-1].astype(np.int32),
         level=np.array([query.problem.level for query in queries], dtype=np.int8),
         features=np.zeros((len(queries), 0), dtype=np.float32),
-        **{f"{run}_{what}": anchor(run, position, f"{run}_{what}")
-           for run in ("weak_only", "strong_only") for position, what in enumerate(ANCHOR_FIELDS)},
         problem=[query.problem.problem for query in queries],
         answer=[query.problem.answer for query in queries],
         max_strong_steps=max_strong_steps,

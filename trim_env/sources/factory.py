@@ -229,7 +229,11 @@ def build_prm(settings: PRMSettings) -> PRMScorer:
     if isinstance(settings, PoolingPRMSettings):
         return VLLMPoolingPRM(HTTPClient(settings), settings.style, settings.positive_index, settings.step_token,
                               settings.system_prompt, dict(settings.extra_body))
-    from trim_env.sources.local import StepTagPRM, TokenClassificationPRM, load_pretrained  # noqa: PLC0415  (torch models)
+    from trim_env.sources.local import (  # noqa: PLC0415  (torch models)
+        StepTagPRM,
+        TokenClassificationPRM,
+        load_pretrained,
+    )
 
     if isinstance(settings, QwenPRMSettings):
         network, tokenizer = load_pretrained(settings.model, settings.auto_class, settings.gguf_file, settings.dtype, settings.trust_remote_code)

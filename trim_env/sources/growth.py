@@ -48,12 +48,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from trim_env.sources.base import PRMRequest, PRMScorer, StepGenerator, StepRequest, StepResult, solution_text
-from trim_env.sources.query_tree import ends_path, path_actions, step_request
+from trim_env.sources.base import (
+    PRMRequest,
+    PRMScorer,
+    StepGenerator,
+    StepRequest,
+    StepResult,
+    solution_text,
+)
 from trim_env.sources.factory import make_backends
 from trim_env.sources.grading import grade
+from trim_env.sources.query_tree import ends_path, path_actions, step_request
 from trim_env.store import ChildBatch, GrowthBudgetSpent
-from trim_env.tree import MANIFEST, MAX_STEPS, UNKNOWN_STATE, RolloutTrees, TreeFormatError, read_manifest
+from trim_env.tree import (
+    MANIFEST,
+    MAX_STEPS,
+    UNKNOWN_STATE,
+    RolloutTrees,
+    TreeFormatError,
+    read_manifest,
+)
 
 #: Settings of ``data.backends`` besides the three backend configs.
 GROWTH_SETTINGS = ("max_new_tokens", "seed", "max_steps", "max_tokens_per_step", "torch_threads")

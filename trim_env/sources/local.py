@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from trim_env.atomic import file_sha256
 from trim_env.sources.base import (
     DEFAULT_SYSTEM_PROMPT,
     STEP_SEPARATOR,
@@ -47,7 +48,6 @@ from trim_env.sources.base import (
     check_scores,
     split_steps,
 )
-from trim_env.atomic import file_sha256
 
 #: Serialises local inference in this process (see the module docstring).
 _INFERENCE_LOCK = threading.Lock()
