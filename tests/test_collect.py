@@ -318,6 +318,20 @@ def test_resuming_on_a_changed_problem_set_is_refused(tmp_path: Path, change: st
         collect_scripted(out, problems=changed)
 
 
+def test_an_api_key_given_as_a_setting_stops_collection_and_is_written_nowhere(tmp_path: Path):
+    key = "sk-proj-Zq8xTESTKEY0000000000"
+    out = tmp_path / "data"
+    command = [sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), f"out={out}", "progress_bar=false",
+               "collect/generator@weak=openai", f"weak.api_key_env={key}"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode != 0
+    assert "api_key_env held an API key" in result.stderr and key not in result.stderr + result.stdout
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert written and not [path for path in written if key in path.read_text(errors="replace")]
+    assert not (out / RECORDS).exists()
+
+
 def test_a_second_collector_on_the_same_directory_is_refused(tmp_path: Path):
     out = tmp_path / "data"
     with DirectoryLock(out, "a collector", LOCK_FILE):  # as a running collector holds it

@@ -63,6 +63,10 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_PREFIX = re.compile(r"(sk|pk|rk|hf|gsk|xai|key)[-_]", re.IGNORECASE)
 
 
+#: What :mod:`trim_env.sources.config_guard` puts in place of a key given as ``api_key_env``.
+REMOVED_SECRET = "<removed: an API key was given as this setting>"
+
+
 def check_api_key_env(value: str | None) -> None:
     """Refuse an ``api_key_env`` that is not an environment variable's name (e.g. the key itself).
 
@@ -70,6 +74,12 @@ def check_api_key_env(value: str | None) -> None:
     """
     if not value:
         return
+    if value == REMOVED_SECRET:
+        raise ValueError(
+            "api_key_env held an API key, not the name of an environment variable; it was removed from the run's config "
+            "before anything was written. Put the key in an environment variable (export OPENAI_API_KEY=...) and give "
+            "its name (api_key_env=OPENAI_API_KEY)"
+        )
     looks_like_a_key = _KEY_PREFIX.match(value) is not None and not value.isupper()
     if _VARIABLE_NAME.fullmatch(value) is None or looks_like_a_key or len(value) > 64:
         raise ValueError(
