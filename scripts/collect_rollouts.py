@@ -26,14 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from trim_env.sources.collect import collect  # noqa: E402
-from trim_env.sources.factory import make_backends  # noqa: E402
-from trim_env.sources.problems import ProblemsSettings, load_problems  # noqa: E402
-from trim_env.sources.query_tree import CollectSettings  # noqa: E402
+from trim_env.sources.collect import CollectionConfig, run_collection  # noqa: E402
 
 
 def resolve_path(path: str | None) -> str | None:
-    """A relative path as given from the working directory, else from the checkout (``../shared`` works from both)."""
+    """A relative path as given from the working directory, else from the checkout."""
     if path is None or Path(path).is_absolute() or Path(path).exists():
         return path
     return str(ROOT / path)
@@ -41,27 +38,9 @@ def resolve_path(path: str | None) -> str | None:
 
 async def run(cfg: DictConfig) -> dict[str, Any]:
     config: Any = OmegaConf.to_container(cfg, resolve=True)
-    problems_cfg = config["problems"]
-    problems = load_problems(ProblemsSettings(**{**problems_cfg, "path": resolve_path(problems_cfg["path"])}))
-    weak, strong, prm = make_backends(config)
-    try:
-        return await collect(
-            problems,
-            weak,
-            strong,
-            prm,
-            CollectSettings(int(cfg.max_strong_steps), int(cfg.max_steps), int(cfg.seed)),
-            cfg.out,
-            test_fraction=float(cfg.test_fraction),
-            split_seed=int(cfg.split_seed),
-            source={"problems": {key: problems_cfg[key] for key in ("bundled", "path", "dataset", "split", "limit", "offset")},
-                    "max_tokens_per_step": int(cfg.max_tokens_per_step)},
-            concurrent_queries=int(cfg.concurrent_queries),
-            progress_bar=bool(cfg.progress_bar),
-        )
-    finally:
-        for backend in (weak, strong, prm):
-            await backend.aclose()
+    settings = CollectionConfig.from_mapping(config)
+    settings.problems.path = resolve_path(settings.problems.path)
+    return await run_collection(settings)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -280,6 +280,28 @@ def test_default_problem_configs_point_inside_the_repository(config: str):
     assert len(load_problems(settings)) == 500
 
 
+def test_the_collect_config_reads_into_typed_settings_with_one_system_prompt(tmp_path: Path):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from trim_env.sources.base import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
+    from trim_env.sources.collect import CollectionConfig  # noqa: PLC0415
+    from trim_env.sources.factory import MathShepherdPRMSettings, OpenAIGeneratorSettings, TransformersGeneratorSettings  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_collect_config"):
+        default = compose(config_name="collect", overrides=[f"out={tmp_path}"])
+        served = compose(config_name="collect", overrides=[f"out={tmp_path}", "collect/generator@weak=openai", "weak.model=m",
+                                                           "collect/problems@problems=math500"])
+    config = CollectionConfig.from_mapping(OmegaConf.to_container(default, resolve=True))
+    assert isinstance(config.backends.weak, TransformersGeneratorSettings) and isinstance(config.backends.prm, MathShepherdPRMSettings)
+    assert config.backends.strong.temperature == 0.3 and config.problems.bundled == "gsm8k"
+    assert config.backends.weak.system_prompt == config.backends.strong.system_prompt == DEFAULT_SYSTEM_PROMPT
+    other = CollectionConfig.from_mapping(OmegaConf.to_container(served, resolve=True))
+    assert isinstance(other.backends.weak, OpenAIGeneratorSettings) and other.backends.weak.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert other.problems.bundled == "math500" and other.problems.id_field == "unique_id"
+    assert not [path for path in (ROOT / "conf").rglob("*.yaml") if "reason step by step" in path.read_text()]
+
+
 # ----------------------------------------------------------------------------------------------
 # Resuming safely: pinned problems, one collector per directory, atomic summary
 

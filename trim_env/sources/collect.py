@@ -13,7 +13,8 @@ problem's id and content: a restart with other settings, or with a problems file
 refused while the first runs (``OUT/.lock``).
 
 Progress is reported through :mod:`logging` (logger ``trim_env.sources.collect``) and, when
-asked, a progress bar.
+asked, a progress bar. :class:`CollectionConfig` is ``conf/collect.yaml`` typed, and
+:func:`run_collection` runs a whole collection from it (what ``scripts/collect_rollouts.py`` does).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from trim_env.atomic import DirectoryLock, write_json
 from trim_env.sources.base import PRMScorer, StepGenerator
-from trim_env.sources.problems import Problem
+from trim_env.sources.factory import BackendSettings, build_backends
+from trim_env.sources.problems import Problem, ProblemsSettings, load_problems
 from trim_env.sources.query_tree import (
     ANCHOR_FIELDS,
     CollectSettings,
@@ -39,6 +41,7 @@ from trim_env.sources.query_tree import (
 )
 from trim_env.sources.records import LOCK_FILE, RecordStore, pin_run
 from trim_env.tree import (
+    MAX_STEPS,
     NODE_INDEX,
     NODE_SCHEMA,
     QUERY_COLUMNS,
@@ -225,3 +228,53 @@ async def _collect_locked(
     write_json(out / SUMMARY_FILE, summary)
     logger.info("wrote the dataset to %s: %d queries, %d nodes", out, summary["queries"], summary["nodes"])
     return summary
+
+
+@dataclass
+class CollectionConfig:
+    """A whole collection, typed (``conf/collect.yaml``).
+
+    :param out: output directory: records, then the dataset.
+    :param problems: where the problems come from.
+    :param backends: the weak and strong models, the PRM, the per-step token limit, CPU threads.
+    :param max_strong_steps: K, the cap on strong steps per path.
+    :param max_steps: a path ends after this many steps.
+    :param test_fraction: share of problems in the test split.
+    :param split_seed: seed of the train/test assignment.
+    :param seed: root of the per-request sampling seeds.
+    :param concurrent_queries: queries in flight at once.
+    :param progress_bar: show a progress bar.
+    """
+
+    out: str
+    backends: BackendSettings
+    problems: ProblemsSettings = field(default_factory=ProblemsSettings)
+    max_strong_steps: int = 2
+    max_steps: int = MAX_STEPS
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    concurrent_queries: int = 4
+    progress_bar: bool = True
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> CollectionConfig:
+        """Read a plain mapping of ``conf/collect.yaml`` (``OmegaConf.to_container(cfg, resolve=True)``)."""
+        fields = {key: value for key, value in config.items() if key not in ("weak", "strong", "prm", "max_tokens_per_step",
+                                                                              "torch_threads", "problems", "hydra")}
+        return cls(backends=BackendSettings.from_mapping(config), problems=ProblemsSettings(**config.get("problems", {})), **fields)
+
+
+async def run_collection(config: CollectionConfig) -> dict[str, Any]:
+    """Load the problems and the backends ``config`` names, collect, and close the backends; the summary."""
+    problems = load_problems(config.problems)
+    weak, strong, prm = build_backends(config.backends)
+    source = {"problems": {key: getattr(config.problems, key) for key in ("bundled", "path", "dataset", "split", "limit", "offset")},
+              "max_tokens_per_step": config.backends.max_tokens_per_step}
+    try:
+        return await collect(problems, weak, strong, prm, CollectSettings(config.max_strong_steps, config.max_steps, config.seed),
+                             config.out, test_fraction=config.test_fraction, split_seed=config.split_seed, source=source,
+                             concurrent_queries=config.concurrent_queries, progress_bar=config.progress_bar)
+    finally:
+        for backend in (weak, strong, prm):
+            await backend.aclose()
