@@ -30,12 +30,12 @@ from trim_env.sources.openai_http import REMOVED_SECRET, check_api_key_env
 def api_key_settings(config: Any, where: str = "") -> Iterator[tuple[Any, str, str]]:
     """``(parent node, key, dotted path)`` of every ``api_key_env`` field of a config (the ``hydra`` node excluded)."""
     if isinstance(config, DictConfig):
-        for key in config:
+        for key in map(str, config):
             if not where and key == "hydra":
                 continue
-            path = f"{where}.{key}" if where else str(key)
+            path = f"{where}.{key}" if where else key
             if key == "api_key_env":
-                yield config, str(key), path
+                yield config, key, path
             else:
                 yield from api_key_settings(config._get_node(key), path)
     elif isinstance(config, ListConfig):

@@ -24,8 +24,9 @@ system prompt's default is :data:`~trim_env.sources.base.DEFAULT_SYSTEM_PROMPT`,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 from trim_env.sources.base import (
     CHATML_TEMPLATE,
@@ -160,8 +161,8 @@ class PoolingPRMSettings(HTTPSettings):
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
 
 
-GeneratorSettings = Union[TransformersGeneratorSettings, OpenAIGeneratorSettings]
-PRMSettings = Union[QwenPRMSettings, MathShepherdPRMSettings, PoolingPRMSettings]
+GeneratorSettings = TransformersGeneratorSettings | OpenAIGeneratorSettings
+PRMSettings = QwenPRMSettings | MathShepherdPRMSettings | PoolingPRMSettings
 GENERATOR_SETTINGS: dict[str, type] = {"transformers": TransformersGeneratorSettings, "openai": OpenAIGeneratorSettings}
 PRM_SETTINGS: dict[str, type] = {"qwen": QwenPRMSettings, "math_shepherd": MathShepherdPRMSettings, "vllm_pooling": PoolingPRMSettings}
 
