@@ -160,6 +160,24 @@ def _all_strong_depth(record: dict) -> int:
     return record["depth"][node]
 
 
+def test_a_chain_continued_after_a_truncated_step_is_not_rewritten_twice(tmp_path: Path):
+    """Steps cut at the token limit end a rollout early; the chain goes on from the cut step, which keeps its one S child."""
+    with scripted_server() as server:
+        weak, strong, prm = http_backends(server, max_tokens=6)  # most scripted steps are longer: truncated
+        asyncio.run(collect(PROBLEMS[:4], weak, strong, prm, CollectSettings(2, max_steps=6, seed=3), tmp_path / "data",
+                            test_fraction=0.25, progress_bar=False))
+    records = [json.loads(path.read_text()) for path in sorted((tmp_path / "data" / RECORDS).glob("*.json"))]
+    truncated_continuations = 0
+    for record in records:
+        strong_nodes = [node for node, is_strong in enumerate(record["step_is_strong"]) if is_strong]
+        assert len({record["parent"][node] for node in strong_nodes}) == len(strong_nodes)  # one S child per node
+        assert record["stats"]["strong_calls"] >= len(strong_nodes)
+        truncated_continuations += sum(1 for node, tokens in enumerate(record["step_tokens"]) if tokens == 6 and not record["terminal"][node])
+    assert truncated_continuations > 0
+    for split in ("train", "test"):
+        load_split(tmp_path / "data", split)  # the structural checks pass: every child is its parent's W or S child
+
+
 def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_path: Path):
     from hydra import compose, initialize_config_dir  # noqa: PLC0415
 

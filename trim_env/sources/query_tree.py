@@ -218,20 +218,24 @@ async def collect_query(
     def attach(parent: int, step: StepResult, is_strong: bool) -> int:
         return tree.add(parent, step, is_strong, ends_path(step, tree.depth[parent] + 1, settings.max_steps))
 
-    async def grow(start: int) -> None:
-        """The weak model's rollout from ``start`` (its chain of W children), then the strong rewrites along it."""
+    async def grow(start: int, start_branched: bool = False) -> None:
+        """The weak model's rollout from ``start`` (its chain of W children), then the strong rewrites along it.
+
+        ``start_branched``: ``start`` already has its S child (a chain continued after a
+        truncated step), so it is not rewritten again.
+        """
         (rollout,) = await weak.rollout([request(start, "W")], [settings.max_steps - tree.depth[start]])
         count("weak", [rollout])
         chain = [start]
         for step in rollout.steps:
             chain.append(attach(chain[-1], step, False))
-        branches = [node for node in chain if not tree.terminal[node] and tree.strong_steps[node] < settings.max_strong_steps]
+        candidates = chain[1:] if start_branched else chain
+        branches = [node for node in candidates if not tree.terminal[node] and tree.strong_steps[node] < settings.max_strong_steps]
         rewrites = await strong.generate([request(node, "S") for node in branches])
         count("strong", [Rollout([step], step.tokens, 1) for step in rewrites])
         starts = [node for node in (attach(parent, step, True) for parent, step in zip(branches, rewrites)) if not tree.terminal[node]]
-        if not tree.terminal[chain[-1]]:
-            starts.append(chain[-1])  # the rollout stopped at a truncated step: go on from it
-        await asyncio.gather(*(grow(node) for node in starts))
+        continued = [grow(chain[-1], start_branched=True)] if not tree.terminal[chain[-1]] else []  # stopped at a truncated step
+        await asyncio.gather(*(grow(node) for node in starts), *continued)
 
     await grow(0)
     tree.sort_breadth_first()
