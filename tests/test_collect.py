@@ -23,14 +23,18 @@ import numpy as np
 import pytest
 import torch
 
-from trim_env.sources.collect import (
-    RECORDS,
-    CollectSettings,
+from trim_env.atomic import DirectoryLock, DirectoryLockedError
+from trim_env.sources.collect import SUMMARY_FILE, collect
+from trim_env.sources.factory import make_generator, make_prm
+from trim_env.sources.problems import (
+    BUNDLED_PROBLEMS,
     Problem,
-    collect,
+    ProblemsSettings,
+    bundled_problems_path,
     load_problems,
 )
-from trim_env.sources.factory import make_generator, make_prm
+from trim_env.sources.query_tree import CollectSettings
+from trim_env.sources.records import LOCK_FILE, RECORDS
 from trim_env.sources.testing import (
     ScriptedModel,
     ScriptedPRM,
@@ -46,7 +50,6 @@ from trim_env.tree import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "data" / "problems" / "gsm8k" / "test.jsonl"
 PROBLEMS = [Problem(f"q{i}", f"Problem number {i}: what is {i} + 1?", f"#### {i % 2 + 1}") for i in range(8)]
 
 torch.set_num_threads(1)
@@ -157,6 +160,24 @@ def _all_strong_depth(record: dict) -> int:
     return record["depth"][node]
 
 
+def test_a_chain_continued_after_a_truncated_step_is_not_rewritten_twice(tmp_path: Path):
+    """Steps cut at the token limit end a rollout early; the chain goes on from the cut step, which keeps its one S child."""
+    with scripted_server() as server:
+        weak, strong, prm = http_backends(server, max_tokens=6)  # most scripted steps are longer: truncated
+        asyncio.run(collect(PROBLEMS[:4], weak, strong, prm, CollectSettings(2, max_steps=6, seed=3), tmp_path / "data",
+                            test_fraction=0.25, progress_bar=False))
+    records = [json.loads(path.read_text()) for path in sorted((tmp_path / "data" / RECORDS).glob("*.json"))]
+    truncated_continuations = 0
+    for record in records:
+        strong_nodes = [node for node, is_strong in enumerate(record["step_is_strong"]) if is_strong]
+        assert len({record["parent"][node] for node in strong_nodes}) == len(strong_nodes)  # one S child per node
+        assert record["stats"]["strong_calls"] >= len(strong_nodes)
+        truncated_continuations += sum(1 for node, tokens in enumerate(record["step_tokens"]) if tokens == 6 and not record["terminal"][node])
+    assert truncated_continuations > 0
+    for split in ("train", "test"):
+        load_split(tmp_path / "data", split)  # the structural checks pass: every child is its parent's W or S child
+
+
 def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_path: Path):
     from hydra import compose, initialize_config_dir  # noqa: PLC0415
 
@@ -177,7 +198,8 @@ def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_
 
 def _collector_command(server: TestingServer, out: Path, problems_file: Path) -> list[str]:
     return [
-        sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), f"out={out}", f"problems.path={problems_file}", "problems.problem_field=problem",
+        sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), f"out={out}",
+        "collect/problems@problems=file", f"problems.path={problems_file}", "problems.problem_field=problem",
         "max_strong_steps=2", "seed=3", "test_fraction=0.25", "concurrent_queries=2", "progress_bar=false",
         "collect/generator@weak=openai", f"weak.base_url={server.base_url}", "weak.model=weak", "weak.api=completions",
         "weak.api_key_env=null", "weak.backoff_s=0.01",
@@ -187,7 +209,7 @@ def _collector_command(server: TestingServer, out: Path, problems_file: Path) ->
     ]
 
 
-def _wait_for_records(out: Path, count: int, process: subprocess.Popen, limit_s: float = 60.0) -> None:
+def _wait_for_records(out: Path, count: int, process: subprocess.Popen, limit_s: float = 900.0) -> None:
     deadline = time.monotonic() + limit_s
     while len(list((out / RECORDS).glob("*.json"))) < count:
         assert process.poll() is None, f"the collector ended early: {process.stderr.read() if process.stderr else ''}"
@@ -198,7 +220,7 @@ def _wait_for_records(out: Path, count: int, process: subprocess.Popen, limit_s:
 def test_a_run_killed_twice_resumes_without_loss_or_duplicates(tmp_path: Path):
     problems_file = tmp_path / "problems.jsonl"
     problems_file.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n" for p in PROBLEMS))
-    problems = load_problems(path=str(problems_file))
+    problems = load_problems(ProblemsSettings(path=str(problems_file)))
     reference = tmp_path / "reference"
     collect_scripted(reference, problems=problems)
 
@@ -240,13 +262,147 @@ def test_a_dataset_written_by_something_else_is_not_overwritten(tiny_dataset_dir
 
 
 def test_problem_files_name_the_record_and_field_that_is_missing(tmp_path: Path):
-    gsm8k = load_problems(path=str(GSM8K), limit=3, offset=1)
+    gsm8k = load_problems(ProblemsSettings(bundled="gsm8k", limit=3, offset=1))
     assert [problem.query_id for problem in gsm8k] == ["gsm8k-test-00001", "gsm8k-test-00002", "gsm8k-test-00003"]
     assert gsm8k[0].problem.startswith("A robe takes 2 bolts") and gsm8k[0].answer.endswith("#### 3")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"problem": "1+1?", "solution": "2"}) + "\n")
     with pytest.raises(ValueError, match=r"record 0 has no field 'answer'"):
-        load_problems(path=str(broken))
+        load_problems(ProblemsSettings(path=str(broken)))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"problem": "   ", "answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"record 0: field 'problem' is empty"):
+        load_problems(ProblemsSettings(path=str(blank)))
+    with pytest.raises(ValueError, match="exactly one of bundled, path or dataset.*problems.path=FILE"):
+        load_problems(ProblemsSettings(bundled="gsm8k", path=str(broken)))
+
+
+def test_the_shipped_problem_sets_load_from_inside_the_package():
+    root = Path(__import__("trim_env").__file__).resolve().parent
+    for name in BUNDLED_PROBLEMS:
+        assert bundled_problems_path(name).is_relative_to(root / "data" / "problems")
+    math500 = load_problems(ProblemsSettings(bundled="math500", id_field="unique_id"))
+    assert len(math500) == 500 and {problem.level for problem in math500} == {1, 2, 3, 4, 5}
+    gsm8k = load_problems(ProblemsSettings(bundled="gsm8k", problem_field="question"))
+    assert len(gsm8k) == 500 and all(problem.answer.split("####")[-1].strip() for problem in gsm8k)
+    with pytest.raises(ValueError, match=r"problems.bundled = 'aime'.*\['gsm8k', 'math500'\]"):
+        load_problems(ProblemsSettings(bundled="aime"))
+
+
+@pytest.mark.parametrize("config", ["gsm8k", "math500"])
+def test_default_problem_configs_point_inside_the_repository(config: str):
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    settings = ProblemsSettings(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "collect" / "problems" / f"{config}.yaml")))
+    assert settings.path is None and settings.bundled == config
+    assert len(load_problems(settings)) == 500
+
+
+def test_the_collect_config_reads_into_typed_settings_with_one_system_prompt(tmp_path: Path):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from agents.cli.collect import register_configs  # noqa: PLC0415
+    from trim_env.sources.base import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
+    from trim_env.sources.collect import CollectionConfig  # noqa: PLC0415
+    from trim_env.sources.factory import MathShepherdPRMSettings, OpenAIGeneratorSettings, TransformersGeneratorSettings  # noqa: PLC0415
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_collect_config"):
+        default = compose(config_name="collect", overrides=[f"out={tmp_path}"])
+        served = compose(config_name="collect", overrides=[f"out={tmp_path}", "collect/generator@weak=openai", "weak.model=m",
+                                                           "collect/problems@problems=math500"])
+    config = CollectionConfig.from_mapping(OmegaConf.to_container(default, resolve=True))
+    assert isinstance(config.backends.weak, TransformersGeneratorSettings) and isinstance(config.backends.prm, MathShepherdPRMSettings)
+    assert config.backends.strong.temperature == 0.3 and config.problems.bundled == "gsm8k"
+    assert config.backends.weak.system_prompt == config.backends.strong.system_prompt == DEFAULT_SYSTEM_PROMPT
+    other = CollectionConfig.from_mapping(OmegaConf.to_container(served, resolve=True))
+    assert isinstance(other.backends.weak, OpenAIGeneratorSettings) and other.backends.weak.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert other.problems.bundled == "math500" and other.problems.id_field == "unique_id"
+    assert not [path for path in (ROOT / "conf").rglob("*.yaml") if "reason step by step" in path.read_text()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming safely: pinned problems, one collector per directory, atomic summary
+
+
+def _problems_file(path: Path, problems) -> Path:
+    path.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n" for p in problems))
+    return path
+
+
+def test_resuming_on_a_reordered_problems_file_is_refused_naming_the_problem(tmp_path: Path):
+    out = tmp_path / "data"
+    first = load_problems(ProblemsSettings(path=str(_problems_file(tmp_path / "problems.jsonl", PROBLEMS[:4]))))
+    collect_scripted(out, problems=first)
+    reordered = [PROBLEMS[1], PROBLEMS[0], *PROBLEMS[2:4]]  # ids come from positions: same ids, other problems
+    again = load_problems(ProblemsSettings(path=str(_problems_file(tmp_path / "problems.jsonl", reordered))))
+    assert [problem.query_id for problem in again] == [problem.query_id for problem in first]
+    before = {path.name: path.read_bytes() for path in (out / RECORDS).iterdir()}
+    with pytest.raises(ValueError, match=r"collect.json: problem 'problems-00000' changed since the pinned run"):
+        collect_scripted(out, problems=again)
+    assert {path.name: path.read_bytes() for path in (out / RECORDS).iterdir()} == before  # nothing lost
+
+
+@pytest.mark.parametrize("change", ["edited_answer", "moved_with_its_id", "added", "removed"])
+def test_resuming_on_a_changed_problem_set_is_refused(tmp_path: Path, change: str):
+    out = tmp_path / "data"
+    collect_scripted(out, problems=PROBLEMS[:4])
+    changed = {
+        "edited_answer": [*PROBLEMS[:3], Problem(PROBLEMS[3].query_id, PROBLEMS[3].problem, "#### 99")],
+        "moved_with_its_id": [PROBLEMS[1], PROBLEMS[0], *PROBLEMS[2:4]],
+        "added": PROBLEMS[:5],
+        "removed": PROBLEMS[:3],
+    }[change]
+    message = {"edited_answer": "problem 'q3' changed", "moved_with_its_id": "problem 'q1' moved from position 1 to 0",
+               "added": "problem 'q4'", "removed": "problem 'q3' of the pinned run is missing"}[change]
+    with pytest.raises(ValueError, match=message):
+        collect_scripted(out, problems=changed)
+
+
+def test_an_api_key_given_as_a_setting_stops_collection_and_is_written_nowhere(tmp_path: Path):
+    key = "sk-proj-Zq8xTESTKEY0000000000"
+    out = tmp_path / "data"
+    command = [sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), f"out={out}", "progress_bar=false",
+               "collect/generator@weak=openai", f"weak.api_key_env={key}"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode != 0
+    assert "api_key_env held an API key" in result.stderr and key not in result.stderr + result.stdout
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert written and not [path for path in written if key in path.read_text(errors="replace")]
+    assert not (out / RECORDS).exists()
+
+
+def test_a_second_collector_on_the_same_directory_is_refused(tmp_path: Path):
+    out = tmp_path / "data"
+    with DirectoryLock(out, "a collector", LOCK_FILE):  # as a running collector holds it
+        with pytest.raises(DirectoryLockedError, match=rf"{out} is in use: a collector \(pid {os.getpid()}\)"):
+            collect_scripted(out, problems=PROBLEMS[:3])
+    assert not (out / RECORDS).exists()
+    summary = collect_scripted(out, problems=PROBLEMS[:3])  # the lock is free again
+    assert summary["queries"] == 3
+
+
+def test_the_collection_summary_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import trim_env.atomic  # noqa: PLC0415
+
+    out = tmp_path / "data"
+    collect_scripted(out, problems=PROBLEMS[:3])
+    before = (out / SUMMARY_FILE).read_text()
+
+    def killed_midway(path, text, durable=False):
+        def write_half(scratch: Path) -> None:
+            scratch.write_text(text[: len(text) // 2])
+            raise KeyboardInterrupt  # the process dies with half the summary written
+
+        return trim_env.atomic.write_atomic(path, write_half, durable)
+
+    monkeypatch.setattr(trim_env.atomic, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        collect_scripted(out, problems=PROBLEMS[:3])
+    assert (out / SUMMARY_FILE).read_text() == before
+    assert not list(out.glob(".*.tmp"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +425,7 @@ def test_real_smollm2_collection_trains_an_env_and_routes(tmp_path: Path):
     strong = make_generator({**smollm2, "temperature": 0.3}, 32, "strong")
     _, tokenizer = load_pretrained(smollm2["model"], "causal_lm", smollm2["gguf_file"])
     prm = make_prm({"kind": "qwen", "model": str(build_random_prm(tmp_path / "prm", tokenizer))})
-    problems = load_problems(path=str(GSM8K), limit=3)
+    problems = load_problems(ProblemsSettings(bundled="gsm8k", limit=3))
     out = tmp_path / "data"
     summary = asyncio.run(collect(problems, weak, strong, prm, CollectSettings(1, max_steps=3, seed=0), out,
                                   test_fraction=0.34, progress_bar=False))

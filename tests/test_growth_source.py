@@ -24,9 +24,11 @@ from agents.threshold import ThresholdRouter
 from trim_env.data import growth_source, open_split
 from trim_env.evaluation import reference, run_episodes, summarize
 from trim_env.sources.base import BackendError
-from trim_env.sources.collect import CollectSettings, Problem, collect, path_actions
+from trim_env.sources.collect import collect
 from trim_env.sources.factory import make_backends
 from trim_env.sources.growth import BackendSource, backend_source
+from trim_env.sources.problems import Problem
+from trim_env.sources.query_tree import CollectSettings, path_actions
 from trim_env.sources.testing import ScriptedModel, ScriptedPRM, TestingServer
 from trim_env.store import GrowingTrees, GrowthBudgetSpent, GrowthJournal
 from trim_env.tree import TreeFormatError, load_split, read_manifest, save_dataset

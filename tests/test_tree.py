@@ -406,6 +406,60 @@ CONTENT_ERRORS = {
         None,
         "parent -1",
     ),
+    # Structure: links agree both ways, depth, strong-step counts and W/S kinds follow the tree.
+    "child_that_names_another_parent": (
+        "nodes.parquet",
+        "strong_child",
+        lambda t: _node_of(t, QUERY, lambda t, n: (t.strong_child[n] >= 0) & ~t.terminal[np.maximum(t.weak_child[n], 0)]),
+        lambda t, row: int(t.weak_child[t.weak_child[row]]),  # in range, same query, but its parent is another node
+        None,
+        "a child's parent must be the node that points to it",
+    ),
+    "root_of_another_query": ("queries.parquet", "root", lambda t: QUERY, lambda t, row: int(t.root[QUERY + 1]), None, "another query"),
+    "depth_not_parent_plus_one": (
+        "nodes.parquet",
+        "depth",
+        lambda t: int(t.weak_child[_node_of(t, QUERY, lambda t, n: (t.depth[n] > 0) & ~t.terminal[n])]),
+        lambda t, row: int(t.depth[row]) + 1,
+        None,
+        "parent's depth + 1",
+    ),
+    "weak_child_written_by_the_strong_model": (
+        "nodes.parquet",
+        "step_is_strong",
+        lambda t: int(t.weak_child[_node_of(t, QUERY, lambda t, n: ~t.terminal[n])]),
+        True,
+        None,
+        "must be a weak step",
+    ),
+    "strong_child_written_by_the_weak_model": (
+        "nodes.parquet",
+        "step_is_strong",
+        lambda t: int(t.strong_child[_node_of(t, QUERY, lambda t, n: t.strong_child[n] >= 0)]),
+        False,
+        None,
+        "must be a strong step",
+    ),
+    "strong_steps_miscounted_below_the_cap": (
+        "nodes.parquet",
+        "strong_steps",
+        lambda t: _node_of(t, QUERY, lambda t, n: (t.depth[n] > 0) & (t.strong_steps[n] == 0)),
+        1,
+        None,
+        "must count the strong steps",
+    ),
+    # Nulls and ragged rows.
+    "null_weak_child": ("nodes.parquet", "weak_child", lambda t: _node_of(t, QUERY, lambda t, n: ~t.terminal[n]), None, None, "null"),
+    "null_terminal": ("nodes.parquet", "terminal", lambda t: _node_of(t, QUERY, lambda t, n: t.depth[n] > 0), None, None, "null"),
+    "null_weak_only_tokens": ("queries.parquet", "weak_only_tokens", lambda t: QUERY, None, None, "null"),
+    "ragged_features": ("queries.parquet", "features", lambda t: QUERY, [0.5], None, "ragged rows: this row holds 1 values"),
+    "null_inside_features": (
+        "queries.parquet", "features", lambda t: QUERY, lambda t, row: [None, *t.features[row, 1:].tolist()], None, "null"
+    ),
+    # Query records.
+    "duplicate_query_id": ("queries.parquet", "query_id", lambda t: QUERY + 1, lambda t, row: t.query_id[QUERY], None, "used twice"),
+    "negative_weak_only_tokens": ("queries.parquet", "weak_only_tokens", lambda t: QUERY, -5, None, "must be >= 0"),
+    "negative_strong_only_tokens": ("queries.parquet", "strong_only_tokens", lambda t: QUERY, -1, None, "must be >= 0"),
 }
 
 
@@ -420,6 +474,8 @@ def test_load_rejects_bad_content_naming_file_query_and_field(
         value = int(trees.root[QUERY])  # a child index that points backwards
     elif value == "non-root":
         value = int(trees.weak_child[trees.root[QUERY]])  # a node that has a parent
+    elif callable(value):
+        value = value(trees, row)
     directory = copy_dataset(tiny_dataset_dir, tmp_path / "data")
     set_value(directory, "test", file_name, column, row, value, new_type)
     with pytest.raises(TreeFormatError) as info:
@@ -432,6 +488,24 @@ def test_load_rejects_bad_content_naming_file_query_and_field(
         assert repr(trees.query_id[QUERY]) in message
     if file_name == "nodes.parquet" and new_type is None:
         assert f"node {row}" in message or f"row {row}" in message
+
+
+@pytest.mark.parametrize("hashes", ["emptied", "one_file_missing", "not_a_digest"])
+def test_an_incomplete_hash_map_is_an_error_not_a_skipped_check(tiny_dataset_dir: Path, tmp_path: Path, hashes: str) -> None:
+    directory = copy_dataset(tiny_dataset_dir, tmp_path / "data")
+    _truncate_nodes(directory)  # an emptied hash map must not let a broken file through unchecked
+    change = {
+        "emptied": lambda m: m["splits"]["test"].update(sha256={}),
+        "one_file_missing": lambda m: m["splits"]["test"]["sha256"].pop("nodes.parquet"),
+        "not_a_digest": lambda m: m["splits"]["test"]["sha256"].update({"nodes.parquet": ""}),
+    }[hashes]
+    edit_manifest(directory, change)
+    with pytest.raises(TreeFormatError) as info:
+        load_split(directory, "test")
+    message = str(info.value)
+    assert str(directory / MANIFEST) in message and "splits.test.sha256" in message and "incomplete" in message
+    with pytest.raises(TreeFormatError, match="cannot be read as Parquet"):
+        load_split(directory, "test", verify_hash=False)  # skipping hash checks is a choice the caller makes
 
 
 def test_content_checks_are_not_skipped_without_hash_check(tiny_dataset_dir: Path, tmp_path: Path) -> None:

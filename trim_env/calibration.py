@@ -3,8 +3,8 @@
 The targets come from ``trim_env/references/trim_qwen1.5b_7b_math.json`` (measured by the TRIM
 authors' code release: Qwen2.5-1.5B-Instruct weak, Qwen2.5-7B-Instruct strong, Qwen2.5-Math-PRM-7B;
 shipped in the package as published measurements reproduced with attribution, see
-``trim_env/references/README.md``) and from ``shared/README.md`` (AUROCs measured on real MATH-500
-trajectories). The fitted parameters are committed in ``trim_env/presets/<preset>.json``, with the
+``trim_env/references/README.md``) and from AUROCs measured on real MATH-500 trajectories (the
+constants below, with their sources). The fitted parameters are committed in ``trim_env/presets/<preset>.json``, with the
 source named.
 
 The fit matches the *on-policy* TRIM-Thr frontier (accuracy and normalised cost at 21 thresholds),
@@ -16,8 +16,7 @@ model is fitted rather than the noise.
 
 Command line (writes the preset)::
 
-    python -m trim_env.calibration --reference ../shared/data/reference/trim_qwen1.5b_7b_math.json \
-        --out trim_env/presets/math500-qwen1.5b-7b.json
+    python -m trim_env.calibration --out trim_env/presets/math500-qwen1.5b-7b.json   # --reference FILE: other figures
 """
 
 from __future__ import annotations
@@ -34,13 +33,15 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from trim_env import metrics
+from trim_env.atomic import write_text
 from trim_env.evaluation import run_thresholds, reference as split_reference
 from trim_env.simulate import SimulatedTrees, SimulatorParams, follow_constant
 from trim_env.tree import MAX_STEPS
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent / "references" / "trim_qwen1.5b_7b_math.json"
 
-#: Real signal-quality figures from shared/README.md (real MATH-500 trajectories, math-verify grading).
+#: Real signal-quality figures measured on real MATH-500 trajectories (math-verify grading): Qwen2.5-1.5B with the
+#: Math-Shepherd PRM (compute-optimal-tts release) and Llama-3.2-3B / Llama-3.1-8B with the RLHFlow PRM (search-and-learn).
 MIN_SCORE_AUROC_TARGET = 0.87  # 0.862-0.884 across three weak models and two PRMs
 LEVEL_AUROC_TARGET = 0.74  # 0.72 (Llama-3.2-3B) and 0.76 (Llama-3.1-8B)
 
@@ -64,7 +65,9 @@ class Targets:
     def load(cls, path: str | Path = DEFAULT_REFERENCE) -> Targets:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"calibration reference {path} not found (it lives in ../shared/data/reference/)")
+            raise FileNotFoundError(
+                f"calibration reference {path} not found; the published figures ship with trim as {DEFAULT_REFERENCE}"
+            )
         data = json.loads(path.read_text())
         strong_only = data["math500_strong_only"]
         frontier = data["math500_trim_thr_frontier"]
@@ -260,14 +263,15 @@ def main() -> None:
     params = fit(targets, start, n_queries=args.n_queries, max_evaluations=args.max_evaluations)
     figures = measure(params, 1000, args.n_queries, targets.thresholds)
     loss = 0.5 * float(np.sum(residuals(figures, targets) ** 2))
-    Path(args.out).write_text(
+    write_text(
+        args.out,
         json.dumps(
             {
                 "about": (
                     "Simulator preset fitted by trim_env.calibration to figures measured with Qwen2.5-1.5B-Instruct "
                     "(weak), Qwen2.5-7B-Instruct (strong) and Qwen2.5-Math-PRM-7B on MATH-500 "
-                    "(source: shared/data/reference/trim_qwen1.5b_7b_math.json, TRIM authors' release) "
-                    "and AUROCs from real MATH-500 trajectories (shared/README.md). Simulated, not real model output."
+                    f"(source: {Path(args.reference).name}, the TRIM authors' release, shipped in trim_env/references/) "
+                    "and AUROCs from real MATH-500 trajectories (trim_env.calibration). Simulated, not real model output."
                 ),
                 "fit": {"loss": loss, "n_queries": args.n_queries, "seed": 1000},
                 "params": dataclasses.asdict(params),

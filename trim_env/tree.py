@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trim_env.atomic import file_sha256, write_atomic, write_text
@@ -48,37 +51,65 @@ MANIFEST = "manifest.json"
 #: Real collection does not know it and writes ``UNKNOWN_STATE``.
 STATE_CORRECT, STATE_DERAILED, STATE_LAST_STEP_WRONG, UNKNOWN_STATE = 0, 1, 2, -1
 
-NODE_COLUMNS: dict[str, pa.DataType] = {
-    "query": pa.int32(),
-    "parent": pa.int32(),
-    "weak_child": pa.int32(),
-    "strong_child": pa.int32(),
-    "depth": pa.int16(),
-    "strong_steps": pa.int16(),
-    "step_tokens": pa.int32(),
-    "step_prm": pa.float32(),
-    "step_is_strong": pa.bool_(),
-    "terminal": pa.bool_(),
-    "correct": pa.int8(),
-    "hidden_state": pa.int8(),
-    "step_text": pa.string(),
-}
-QUERY_COLUMNS: dict[str, pa.DataType] = {
-    "query_id": pa.string(),
-    "root_key": pa.uint64(),
-    "root": pa.int32(),
-    "level": pa.int8(),
-    "features": pa.list_(pa.float32()),
-    "weak_only_correct": pa.int8(),
-    "weak_only_tokens": pa.int32(),
-    "weak_only_steps": pa.int16(),
-    "strong_only_correct": pa.int8(),
-    "strong_only_tokens": pa.int32(),
-    "strong_only_steps": pa.int16(),
-    "strong_branch_cutoff": pa.float32(),
-    "problem": pa.string(),
-    "answer": pa.string(),
-}
+#: Column roles: what a column's values are, which decides how it is written, read, subset and hashed.
+NODE_INDEX = "node index"  # a node id of the same split, or -1
+QUERY_INDEX = "query index"  # a query id (row number) of the same split
+VALUE = "value"  # a number or flag per row
+TEXT = "text"  # a string per row, null where unknown; the whole column is None in memory when all are null
+IDENTIFIER = "identifier"  # a string per row, never null
+MATRIX = "matrix"  # a list of floats per row, every row as long
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the tree format: its name (the :class:`RolloutTrees` attribute too), Arrow type and role."""
+
+    name: str
+    dtype: pa.DataType
+    role: str = VALUE
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype.to_pandas_dtype())
+
+
+#: ``nodes.parquet``: one row per node (breadth-first: parent < child).
+NODE_SCHEMA: tuple[Column, ...] = (
+    Column("query", pa.int32(), QUERY_INDEX),
+    Column("parent", pa.int32(), NODE_INDEX),
+    Column("weak_child", pa.int32(), NODE_INDEX),
+    Column("strong_child", pa.int32(), NODE_INDEX),
+    Column("depth", pa.int16()),
+    Column("strong_steps", pa.int16()),
+    Column("step_tokens", pa.int32()),
+    Column("step_prm", pa.float32()),
+    Column("step_is_strong", pa.bool_()),
+    Column("terminal", pa.bool_()),
+    Column("correct", pa.int8()),
+    Column("hidden_state", pa.int8()),
+    Column("step_text", pa.string(), TEXT),
+)
+#: ``queries.parquet``: one row per query.
+QUERY_SCHEMA: tuple[Column, ...] = (
+    Column("query_id", pa.string(), IDENTIFIER),
+    Column("root_key", pa.uint64()),
+    Column("root", pa.int32(), NODE_INDEX),
+    Column("level", pa.int8()),
+    Column("features", pa.list_(pa.float32()), MATRIX),
+    Column("weak_only_correct", pa.int8()),
+    Column("weak_only_tokens", pa.int32()),
+    Column("weak_only_steps", pa.int16()),
+    Column("strong_only_correct", pa.int8()),
+    Column("strong_only_tokens", pa.int32()),
+    Column("strong_only_steps", pa.int16()),
+    Column("strong_branch_cutoff", pa.float32()),
+    Column("problem", pa.string(), TEXT),
+    Column("answer", pa.string(), TEXT),
+)
+NODE_COLUMNS: dict[str, pa.DataType] = {column.name: column.dtype for column in NODE_SCHEMA}
+QUERY_COLUMNS: dict[str, pa.DataType] = {column.name: column.dtype for column in QUERY_SCHEMA}
+#: Query columns schema version 1 did not have.
+ADDED_IN_SCHEMA_2 = ("root_key",)
 
 
 class TreeFormatError(ValueError):
@@ -193,35 +224,20 @@ class RolloutTrees:
         new_id[old_ids] = np.arange(len(old_ids), dtype=np.int32)
         query_map = np.full(self.num_queries, -1, dtype=np.int32)
         query_map[query_indices] = np.arange(len(query_indices), dtype=np.int32)
-        pick = lambda values: [values[i] for i in query_indices] if values is not None else None  # noqa: E731
+
+        def pick(column: Column, rows: np.ndarray) -> Any:
+            values = getattr(self, column.name)
+            if column.role in (TEXT, IDENTIFIER):
+                return None if values is None else [values[i] for i in rows]
+            if column.role == NODE_INDEX:
+                return new_id[values[rows]]
+            if column.role == QUERY_INDEX:
+                return query_map[values[rows]]
+            return values[rows]
+
         return RolloutTrees(
-            query=query_map[self.query[old_ids]],
-            parent=new_id[self.parent[old_ids]],
-            weak_child=new_id[self.weak_child[old_ids]],
-            strong_child=new_id[self.strong_child[old_ids]],
-            depth=self.depth[old_ids],
-            strong_steps=self.strong_steps[old_ids],
-            step_tokens=self.step_tokens[old_ids],
-            step_prm=self.step_prm[old_ids],
-            step_is_strong=self.step_is_strong[old_ids],
-            terminal=self.terminal[old_ids],
-            correct=self.correct[old_ids],
-            hidden_state=self.hidden_state[old_ids],
-            query_id=[self.query_id[i] for i in query_indices],
-            root=new_id[self.root[query_indices]],
-            level=self.level[query_indices],
-            features=self.features[query_indices],
-            weak_only_correct=self.weak_only_correct[query_indices],
-            weak_only_tokens=self.weak_only_tokens[query_indices],
-            weak_only_steps=self.weak_only_steps[query_indices],
-            strong_only_correct=self.strong_only_correct[query_indices],
-            strong_only_tokens=self.strong_only_tokens[query_indices],
-            strong_only_steps=self.strong_only_steps[query_indices],
-            strong_branch_cutoff=self.strong_branch_cutoff[query_indices],
-            step_text=[self.step_text[i] for i in old_ids] if self.step_text is not None else None,
-            problem=pick(self.problem),
-            answer=pick(self.answer),
-            root_key=self.root_key[query_indices],
+            **{column.name: pick(column, old_ids) for column in NODE_SCHEMA},
+            **{column.name: pick(column, query_indices) for column in QUERY_SCHEMA},
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )
@@ -246,31 +262,20 @@ def _write_table(table: pa.Table, path: Path) -> None:
     write_atomic(path, lambda scratch: pq.write_table(table, scratch, compression="zstd", use_dictionary=False, write_statistics=False))
 
 
-def _nodes_table(trees: RolloutTrees) -> pa.Table:
-    columns = {name: getattr(trees, name) for name in NODE_COLUMNS if name != "step_text"}
-    arrays = {name: pa.array(np.asarray(values), type=NODE_COLUMNS[name]) for name, values in columns.items()}
-    text = trees.step_text if trees.step_text is not None else [None] * trees.num_nodes
-    arrays["step_text"] = pa.array(text, type=pa.string())
-    return pa.table(arrays)
+def _column_array(column: Column, values: Any, n_rows: int) -> pa.Array:
+    """One column of ``n_rows`` rows as Arrow (a text column held as ``None`` is written all null)."""
+    if column.role in (TEXT, IDENTIFIER):
+        return pa.array(values if values is not None else [None] * n_rows, type=column.dtype)
+    if column.role == MATRIX:
+        matrix = np.asarray(values, dtype=np.float32)
+        # reshape(0, -1) is ambiguous for an empty split; it has no rows to write.
+        matrix = matrix.reshape(n_rows, -1) if n_rows else np.zeros((0, 0), dtype=np.float32)
+        return pa.array(list(matrix), type=column.dtype)
+    return pa.array(np.asarray(values, dtype=column.numpy_dtype), type=column.dtype)
 
 
-def _queries_table(trees: RolloutTrees) -> pa.Table:
-    n = trees.num_queries
-    arrays: dict[str, pa.Array] = {}
-    for name, dtype in QUERY_COLUMNS.items():
-        if name == "features":
-            features = np.asarray(trees.features, dtype=np.float32)
-            # reshape(0, -1) is ambiguous for an empty split; it has no feature rows to write.
-            features = features.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
-            arrays[name] = pa.array(list(features), type=dtype)
-        elif name == "root_key":
-            arrays[name] = pa.array(np.asarray(trees.root_key, dtype=np.uint64), type=dtype)
-        elif name in ("query_id", "problem", "answer"):
-            values = getattr(trees, name)
-            arrays[name] = pa.array(values if values is not None else [None] * n, type=dtype)
-        else:
-            arrays[name] = pa.array(np.asarray(getattr(trees, name)), type=dtype)
-    return pa.table(arrays)
+def _table(trees: RolloutTrees, schema: tuple[Column, ...], n_rows: int) -> pa.Table:
+    return pa.table({column.name: _column_array(column, getattr(trees, column.name), n_rows) for column in schema})
 
 
 def save_dataset(
@@ -305,7 +310,8 @@ def save_dataset(
         split_dir = directory / name
         split_dir.mkdir(exist_ok=True)
         files = {}
-        for file_name, table in (("queries.parquet", _queries_table(trees)), ("nodes.parquet", _nodes_table(trees))):
+        tables = (("queries.parquet", _table(trees, QUERY_SCHEMA, trees.num_queries)), ("nodes.parquet", _table(trees, NODE_SCHEMA, trees.num_nodes)))
+        for file_name, table in tables:
             _write_table(table, split_dir / file_name)
             files[file_name] = file_sha256(split_dir / file_name)
         manifest_splits[name] = {
@@ -355,7 +361,31 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_table(path: Path, expected_sha256: str | None, columns: dict[str, pa.DataType]) -> pa.Table:
+#: The files of one split, each hashed in the manifest.
+SPLIT_FILES = ("queries.parquet", "nodes.parquet")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _split_hashes(manifest: dict[str, Any], manifest_path: Path, split: str) -> dict[str, str]:
+    """The manifest's SHA-256 of each file of ``split``; an incomplete map is an error, never a skipped check."""
+    entry = manifest["splits"][split]
+    hashes = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(hashes, dict):
+        raise TreeFormatError(
+            f"{manifest_path}: field splits.{split}.sha256 is {hashes!r}, not a map of file hashes; "
+            "the split's files cannot be checked (load with verify_hash=False to skip hash checks knowingly)"
+        )
+    for name in SPLIT_FILES:
+        value = hashes.get(name)
+        if not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            raise TreeFormatError(
+                f"{manifest_path}: field splits.{split}.sha256.{name} is {value!r}, not a SHA-256 hex digest: the hash map "
+                "is incomplete, so the file cannot be checked (load with verify_hash=False to skip hash checks knowingly)"
+            )
+    return hashes
+
+
+def _read_table(path: Path, expected_sha256: str | None, schema: tuple[Column, ...]) -> pa.Table:
     if not path.exists():
         raise TreeFormatError(f"{path}: file missing")
     if expected_sha256 is not None:
@@ -369,16 +399,27 @@ def _read_table(path: Path, expected_sha256: str | None, columns: dict[str, pa.D
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise TreeFormatError(f"{path}: cannot be read as Parquet ({error}); the file is truncated or corrupt") from error
-    for name, dtype in columns.items():
-        if name not in table.column_names:
-            raise TreeFormatError(f"{path}: missing column {name!r}")
-        if table.schema.field(name).type != dtype:
-            raise TreeFormatError(f"{path}: column {name!r} has type {table.schema.field(name).type}, expected {dtype}")
-    return table
+    for column in schema:
+        if column.name not in table.column_names:
+            raise TreeFormatError(f"{path}: missing column {column.name!r}")
+        actual_type = table.schema.field(column.name).type
+        if actual_type != column.dtype:
+            raise TreeFormatError(f"{path}: column {column.name!r} has type {actual_type}, expected {column.dtype}")
+    return table.combine_chunks()
 
 
-def _numpy(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy()
+def _column_values(table: pa.Table, column: Column) -> Any:
+    """A checked column as :class:`RolloutTrees` holds it."""
+    values = table.column(column.name)
+    if column.role == TEXT:
+        return None if values.null_count == table.num_rows else values.to_pylist()
+    if column.role == IDENTIFIER:
+        return values.to_pylist()
+    if column.role == MATRIX:
+        if not table.num_rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.asarray(values.combine_chunks().flatten().to_numpy(), dtype=np.float32).reshape(table.num_rows, -1)
+    return values.to_numpy()
 
 
 def load_split(directory: str | Path, split: str = "test", verify_hash: bool = True) -> RolloutTrees:
@@ -386,8 +427,9 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
 
     :param directory: dataset directory (holding ``manifest.json``).
     :param split: split name, e.g. ``"train"`` or ``"test"``.
-    :param verify_hash: check each file's SHA-256 against the manifest (detects corruption).
-    :raises TreeFormatError: with the file, query and field of the first problem found.
+    :param verify_hash: check each file's SHA-256 against the manifest (detects corruption); the
+        manifest must then hash every file of the split.
+    :raises TreeFormatError: with the file, query, node and field of the first problem found.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -395,131 +437,239 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
         raise TreeFormatError(
             f"{directory / MANIFEST}: no split {split!r}; available: {sorted(manifest['splits'])}"
         )
-    hashes = manifest["splits"][split].get("sha256", {}) if verify_hash else {}
+    hashes = _split_hashes(manifest, directory / MANIFEST, split) if verify_hash else {}
     queries_path = directory / split / "queries.parquet"
     nodes_path = directory / split / "nodes.parquet"
-    query_columns = QUERY_COLUMNS if manifest["schema_version"] >= 2 else {k: v for k, v in QUERY_COLUMNS.items() if k != "root_key"}
-    queries = _read_table(queries_path, hashes.get("queries.parquet"), query_columns)
-    nodes = _read_table(nodes_path, hashes.get("nodes.parquet"), NODE_COLUMNS)
-    text_column = nodes.column("step_text")
-    features = queries.column("features")
-    n_queries = queries.num_rows
-    feature_matrix = (
-        np.asarray(features.combine_chunks().flatten().to_numpy(), dtype=np.float32).reshape(n_queries, -1)
-        if n_queries
-        else np.zeros((0, 0), dtype=np.float32)
-    )
-    optional = lambda table, name: (  # noqa: E731
-        None if table.column(name).null_count == table.num_rows else table.column(name).to_pylist()
-    )
-    _validate(nodes, queries, nodes_path, queries_path, manifest["max_strong_steps"])
+    query_schema = QUERY_SCHEMA if manifest["schema_version"] >= 2 else tuple(c for c in QUERY_SCHEMA if c.name not in ADDED_IN_SCHEMA_2)
+    queries = _read_table(queries_path, hashes.get("queries.parquet"), query_schema)
+    nodes = _read_table(nodes_path, hashes.get("nodes.parquet"), NODE_SCHEMA)
+    _Validator(nodes, queries, nodes_path, queries_path, query_schema).check(manifest["max_strong_steps"])
     return RolloutTrees(
-        **{name: _numpy(nodes, name) for name in NODE_COLUMNS if name != "step_text"},
-        query_id=queries.column("query_id").to_pylist(),
-        root=_numpy(queries, "root"),
-        level=_numpy(queries, "level"),
-        features=feature_matrix,
-        **{
-            name: _numpy(queries, name)
-            for name in QUERY_COLUMNS
-            if name.startswith(("weak_only", "strong_only", "strong_branch"))
-        },
-        step_text=None if text_column.null_count == nodes.num_rows else text_column.to_pylist(),
-        problem=optional(queries, "problem"),
-        answer=optional(queries, "answer"),
-        root_key=_numpy(queries, "root_key") if "root_key" in query_columns else None,
+        **{column.name: _column_values(nodes, column) for column in NODE_SCHEMA},
+        **{column.name: _column_values(queries, column) for column in query_schema},
         max_strong_steps=manifest["max_strong_steps"],
         node_budget=manifest.get("node_budget"),
     )
 
 
-def _validate(
-    nodes: pa.Table, queries: pa.Table, nodes_path: Path, queries_path: Path, max_strong_steps: int | None
-) -> None:
-    """Check indices, scores and terminal records; raise :class:`TreeFormatError` naming the culprit."""
-    n_nodes, n_queries = nodes.num_rows, queries.num_rows
-    query_ids = queries.column("query_id").to_pylist()
-    query = _numpy(nodes, "query")
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages)."""
+    return value.item() if isinstance(value, np.generic) else value
 
-    def fail(path: Path, rows: np.ndarray, column: str, values: np.ndarray, why: str) -> None:
+
+class _Validator:
+    """Checks one split's two tables; every failure is a :class:`TreeFormatError` naming file, query, node and field."""
+
+    def __init__(self, nodes: pa.Table, queries: pa.Table, nodes_path: Path, queries_path: Path, query_schema: tuple[Column, ...]) -> None:
+        self.nodes, self.queries = nodes, queries
+        self.nodes_path, self.queries_path = nodes_path, queries_path
+        self.query_schema = query_schema
+        self.n_nodes, self.n_queries = nodes.num_rows, queries.num_rows
+        self.query_ids: list[Any] = [None] * self.n_queries
+        self.node_query = np.full(self.n_nodes, -1)
+
+    # -- messages
+
+    def _query_name(self, query: int) -> str:
+        return f"query {self.query_ids[query]!r}" if 0 <= query < self.n_queries else "an unknown query"
+
+    def node_error(self, rows: np.ndarray, column: str, values: Any, why: str) -> TreeFormatError:
         row = int(np.flatnonzero(rows)[0])
-        owner = int(query[row]) if path == nodes_path and 0 <= query[row] < n_queries else None
-        where = f"node {row} of query {query_ids[owner]!r}" if owner is not None else f"row {row}"
-        if path == queries_path:
-            where = f"query {query_ids[row]!r}"
-        raise TreeFormatError(f"{path}: {where}, field {column!r} = {values[row]!r}: {why}")
+        return TreeFormatError(
+            f"{self.nodes_path}: node {row} of {self._query_name(int(self.node_query[row]))}, field {column!r} = {_plain(values[row])!r}: {why}"
+        )
 
-    bad = (query < 0) | (query >= n_queries)
-    if bad.any():
-        fail(nodes_path, bad, "query", query, f"query index out of range [0, {n_queries})")
-    index = np.arange(n_nodes)
-    for column in ("weak_child", "strong_child"):
-        child = _numpy(nodes, column)
-        bad = (child != -1) & ((child <= index) | (child >= n_nodes))
+    def query_error(self, rows: np.ndarray, column: str, values: Any, why: str) -> TreeFormatError:
+        row = int(np.flatnonzero(rows)[0])
+        name = self.query_ids[row]
+        where = f"query {name!r}" if name is not None else f"query row {row}"
+        return TreeFormatError(f"{self.queries_path}: {where}, field {column!r} = {_plain(values[row])!r}: {why}")
+
+    # -- checks
+
+    def _no_nulls(self, table: pa.Table, schema: tuple[Column, ...], error: Callable[..., TreeFormatError]) -> None:
+        """Only text columns may hold nulls; a list column holds rows of one length without nulls."""
+        for column in schema:
+            if column.role == TEXT:
+                continue
+            values = table.column(column.name)
+            if values.null_count:
+                raise error(np.asarray(pc.is_null(values)), column.name, values.to_pylist(), "missing value (null)")
+            if column.role == MATRIX and table.num_rows:
+                lengths = np.asarray(pc.list_value_length(values))
+                if (lengths != lengths[0]).any():
+                    row = int(np.flatnonzero(lengths != lengths[0])[0])
+                    raise error(lengths != lengths[0], column.name, values.to_pylist(),
+                                f"ragged rows: this row holds {lengths[row]} values, row 0 holds {lengths[0]}")
+                rows = values.to_pylist()
+                with_null = np.array([any(value is None for value in row) for row in rows])
+                if with_null.any():
+                    raise error(with_null, column.name, rows, "missing value (null) inside the row")
+
+    def check(self, max_strong_steps: int | None) -> None:
+        """Run every check, in an order where each one may rely on the ones before."""
+        nodes, queries = self.nodes, self.queries
+        ids = tuple(column for column in self.query_schema if column.name == "query_id")
+        self._no_nulls(queries, ids, self.query_error)  # ids first: later messages name queries
+        self.query_ids = queries.column("query_id").to_pylist()
+        first_row: dict[str, int] = {}
+        duplicate = np.zeros(self.n_queries, dtype=bool)
+        for row, name in enumerate(self.query_ids):
+            if name in first_row:
+                duplicate[row] = True
+                raise self.query_error(duplicate, "query_id", self.query_ids, f"the id is used twice (query rows {first_row[name]} and {row})")
+            first_row[name] = row
+        self._no_nulls(nodes, tuple(column for column in NODE_SCHEMA if column.name == "query"), self.node_error)
+        self.node_query = nodes.column("query").to_numpy()
+        self._no_nulls(nodes, NODE_SCHEMA, self.node_error)
+        self._no_nulls(queries, self.query_schema, self.query_error)
+        self._indices()
+        if max_strong_steps is not None:
+            strong_steps = nodes.column("strong_steps").to_numpy()
+            bad = strong_steps > max_strong_steps
+            if bad.any():
+                raise self.node_error(bad, "strong_steps", strong_steps, f"exceeds the manifest cap K = {max_strong_steps}")
+        self._structure()
+        self._values()
+
+    def _indices(self) -> None:
+        """Every index column points inside the split, children after their parent, within one query."""
+        n_nodes, n_queries = self.n_nodes, self.n_queries
+        column = lambda name: self.nodes.column(name).to_numpy()  # noqa: E731
+        query = self.node_query
+        bad = (query < 0) | (query >= n_queries)
         if bad.any():
-            fail(nodes_path, bad, column, child, f"child index out of range (must be -1 or in (row, {n_nodes}))")
-        linked = child >= 0
-        if (query[child[linked]] != query[linked]).any():
-            fail(nodes_path, linked & (query[np.where(linked, child, 0)] != query), column, child, "child belongs to another query")
-    parent = _numpy(nodes, "parent")
-    bad = (parent != -1) & ((parent < 0) | (parent >= index))
-    if bad.any():
-        fail(nodes_path, bad, "parent", parent, "parent index out of range (parents come before children)")
-    prm = _numpy(nodes, "step_prm")
-    bad = ~np.isfinite(prm) | (prm < 0) | (prm > 1)
-    if bad.any():
-        fail(nodes_path, bad, "step_prm", prm, "PRM score must be a number in [0, 1]")
-    tokens = _numpy(nodes, "step_tokens")
-    bad = (tokens < 0) | ((tokens == 0) & (parent >= 0))
-    if bad.any():
-        fail(nodes_path, bad, "step_tokens", tokens, "every step must have a positive token count")
-    terminal = _numpy(nodes, "terminal")
-    correct = _numpy(nodes, "correct")
-    bad = terminal & (correct != 0) & (correct != 1)
-    if bad.any():
-        fail(nodes_path, bad, "correct", correct, "a terminal node must record correct as 0 or 1")
-    weak_child = _numpy(nodes, "weak_child")
-    bad = ~terminal & (weak_child < 0)
-    if bad.any():
-        fail(nodes_path, bad, "weak_child", weak_child, "a non-terminal node must have a weak child")
-    if max_strong_steps is not None:
-        strong_steps = _numpy(nodes, "strong_steps")
-        bad = strong_steps > max_strong_steps
+            raise self.node_error(bad, "query", query, f"query index out of range [0, {n_queries})")
+        index = np.arange(n_nodes)
+        for name in ("weak_child", "strong_child"):
+            child = column(name)
+            bad = (child != -1) & ((child <= index) | (child >= n_nodes))
+            if bad.any():
+                raise self.node_error(bad, name, child, f"child index out of range (must be -1 or in (row, {n_nodes}))")
+            linked = child >= 0
+            bad = linked & (query[np.where(linked, child, 0)] != query)
+            if bad.any():
+                raise self.node_error(bad, name, child, "child belongs to another query")
+        parent = column("parent")
+        bad = (parent != -1) & ((parent < 0) | (parent >= index))
         if bad.any():
-            fail(nodes_path, bad, "strong_steps", strong_steps, f"exceeds the manifest cap K = {max_strong_steps}")
-    root = _numpy(queries, "root")
-    bad = (root < 0) | (root >= n_nodes)
-    if bad.any():
-        fail(queries_path, bad, "root", root, f"root index out of range [0, {n_nodes})")
-    bad = parent[root] != -1
-    if bad.any():
-        fail(queries_path, bad, "root", root, "the root node must have parent -1")
-    for column in ("weak_only_correct", "strong_only_correct"):
-        values = _numpy(queries, column)
-        bad = (values != 0) & (values != 1)
+            raise self.node_error(bad, "parent", parent, "parent index out of range (parents come before children)")
+        root = self.queries.column("root").to_numpy()
+        bad = (root < 0) | (root >= n_nodes)
         if bad.any():
-            fail(queries_path, bad, column, values, "must be 0 or 1")
+            raise self.query_error(bad, "root", root, f"root index out of range [0, {n_nodes})")
+        bad = parent[root] != -1
+        if bad.any():
+            raise self.query_error(bad, "root", root, "the root node must have parent -1")
+        bad = query[root] != np.arange(n_queries)
+        if bad.any():
+            raise self.query_error(bad, "root", root, "the root node belongs to another query")
+
+    def _structure(self) -> None:
+        """Links agree both ways; depth, strong-step counts and W/S step kinds follow the tree."""
+        column = lambda name: self.nodes.column(name).to_numpy()  # noqa: E731
+        parent, depth, strong_steps = column("parent"), column("depth"), column("strong_steps")
+        is_strong, terminal = column("step_is_strong"), column("terminal")
+        index = np.arange(self.n_nodes)
+        weak_child = column("weak_child")
+        bad = ~terminal & (weak_child < 0)
+        if bad.any():
+            raise self.node_error(bad, "weak_child", weak_child, "a non-terminal node must have a weak child")
+        root = self.queries.column("root").to_numpy()
+        is_root = np.zeros(self.n_nodes, dtype=bool)
+        is_root[root] = True
+        bad = (parent == -1) & ~is_root
+        if bad.any():
+            raise self.node_error(bad, "parent", parent, "a node without a parent must be its query's root")
+        for name, values, why in (("depth", depth, "the root's depth must be 0"),
+                                  ("strong_steps", strong_steps, "the root's strong_steps must be 0")):
+            if (values[root] != 0).any():
+                raise self.node_error(is_root & (values != 0), name, values, why)
+        for name, strong, kind in (("weak_child", False, "W"), ("strong_child", True, "S")):
+            child = column(name)
+            linked = child >= 0
+            target = np.where(linked, child, 0)
+            bad = linked & (parent[target] != index)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise self.node_error(bad, name, child, f"node {child[row]} names parent {parent[child[row]]}; "
+                                      "a child's parent must be the node that points to it")
+            bad = linked & terminal
+            if bad.any():
+                raise self.node_error(bad, name, child, "a terminal node has no children")
+            # The remaining checks name the child, whose own field is wrong.
+            pointed = np.zeros(self.n_nodes, dtype=bool)
+            pointed[child[linked]] = True
+            from_parent = np.zeros(self.n_nodes, dtype=np.int64)
+            from_parent[child[linked]] = index[linked]
+            bad = pointed & (is_strong != strong)
+            if bad.any():
+                raise self.node_error(bad, "step_is_strong", is_strong,
+                                      f"the {kind} child of node {from_parent[np.flatnonzero(bad)[0]]} must be a {'strong' if strong else 'weak'} step")
+            bad = pointed & (depth != depth[from_parent] + 1)
+            if bad.any():
+                raise self.node_error(bad, "depth", depth, "a child's depth must be its parent's depth + 1 "
+                                      f"(parent node {from_parent[np.flatnonzero(bad)[0]]} has depth {depth[from_parent[np.flatnonzero(bad)[0]]]})")
+            bad = pointed & (strong_steps != strong_steps[from_parent] + int(strong))
+            if bad.any():
+                first = from_parent[np.flatnonzero(bad)[0]]
+                raise self.node_error(bad, "strong_steps", strong_steps, f"must count the strong steps of the path: the parent "
+                                      f"(node {first}) has {strong_steps[first]}, this {kind} child adds {int(strong)}")
+        strong_child = column("strong_child")
+        has_parent = parent >= 0
+        safe_parent = np.where(has_parent, parent, 0)
+        bad = has_parent & (weak_child[safe_parent] != index) & (strong_child[safe_parent] != index)
+        if bad.any():
+            raise self.node_error(bad, "parent", parent, "the parent node does not point to this node (neither its W nor its S child)")
+
+    def _values(self) -> None:
+        """Scores, token counts, terminal records and anchors in their ranges."""
+        column = lambda name: self.nodes.column(name).to_numpy()  # noqa: E731
+        parent = column("parent")
+        prm = column("step_prm")
+        bad = ~np.isfinite(prm) | (prm < 0) | (prm > 1)
+        if bad.any():
+            raise self.node_error(bad, "step_prm", prm, "PRM score must be a number in [0, 1]")
+        tokens = column("step_tokens")
+        bad = (tokens < 0) | ((tokens == 0) & (parent >= 0))
+        if bad.any():
+            raise self.node_error(bad, "step_tokens", tokens, "every step must have a positive token count")
+        terminal, correct = column("terminal"), column("correct")
+        bad = terminal & (correct != 0) & (correct != 1)
+        if bad.any():
+            raise self.node_error(bad, "correct", correct, "a terminal node must record correct as 0 or 1")
+        for name in ("weak_only_correct", "strong_only_correct"):
+            values = self.queries.column(name).to_numpy()
+            bad = (values != 0) & (values != 1)
+            if bad.any():
+                raise self.query_error(bad, name, values, "must be 0 or 1")
+        for name in ("weak_only_tokens", "strong_only_tokens", "weak_only_steps", "strong_only_steps"):
+            values = self.queries.column(name).to_numpy()
+            bad = values < 0
+            if bad.any():
+                raise self.query_error(bad, name, values, "a count must be >= 0")
+        cutoff = self.queries.column("strong_branch_cutoff").to_numpy()
+        bad = np.isnan(cutoff)
+        if bad.any():
+            raise self.query_error(bad, "strong_branch_cutoff", cutoff, "must be a PRM level or +inf (no node budget), not NaN")
 
 
 def content_digest(trees: RolloutTrees) -> str:
     """SHA-256 of a split's content, independent of the Parquet writer's bytes.
 
-    PRM scores enter rounded to 1e-5 so that last-bit differences of floating-point libraries
-    across machines do not change the digest of regenerated data.
+    PRM scores and other floats enter rounded to 1e-5 so that last-bit differences of
+    floating-point libraries across machines do not change the digest of regenerated data. Text
+    columns do not enter; query ids do, last.
     """
     digest = hashlib.sha256()
-    for name in NODE_COLUMNS:
-        if name in ("step_prm", "step_text"):
-            continue
-        digest.update(np.ascontiguousarray(getattr(trees, name)).tobytes())
+    for column in NODE_SCHEMA:
+        if column.role != TEXT and column.name != "step_prm":
+            digest.update(np.ascontiguousarray(getattr(trees, column.name), dtype=column.numpy_dtype).tobytes())
     digest.update(np.rint(trees.step_prm.astype(np.float64) * 1e5).astype(np.int64).tobytes())
-    for name in QUERY_COLUMNS:
-        if name in ("query_id", "problem", "answer"):
+    for column in QUERY_SCHEMA:
+        if column.role in (TEXT, IDENTIFIER):
             continue
-        if name == "root_key":
-            digest.update(np.ascontiguousarray(trees.root_key, dtype=np.uint64).tobytes())
-            continue
-        values = np.asarray(getattr(trees, name))
+        values = np.asarray(getattr(trees, column.name), dtype=column.numpy_dtype if column.role != MATRIX else None)
         if values.dtype.kind == "f":
             values = np.rint(values.astype(np.float64) * 1e5)  # inf (no cutoff) stays inf
         digest.update(np.ascontiguousarray(values).tobytes())

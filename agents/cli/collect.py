@@ -27,8 +27,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents.cli.strict import check_boolean_overrides, require_settings
 from trim_env.paths import checkout_root, config_dir
-from trim_env.sources.collect import CollectSettings, collect, load_problems
-from trim_env.sources.factory import make_backends
+from trim_env.sources.collect import CollectionConfig, run_collection
+from trim_env.sources.factory import BackendSettings
 
 
 @dataclass
@@ -38,21 +38,21 @@ class CollectConfig:
     #: Output directory: per-query records (resumable), then the dataset (train/ and test/ splits).
     out: str = MISSING
     #: K: cap on strong steps per path.
-    max_strong_steps: int = 2
+    max_strong_steps: int = CollectionConfig.max_strong_steps
     #: A path ends after this many steps (at most 30, the router's observation length).
-    max_steps: int = 30
+    max_steps: int = CollectionConfig.max_steps
     #: Decoded-token limit of one step, for both models.
-    max_tokens_per_step: int = 512
+    max_tokens_per_step: int = BackendSettings.max_tokens_per_step
     #: Share of problems in the test split; the assignment is a permutation seeded by split_seed.
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    test_fraction: float = CollectionConfig.test_fraction
+    split_seed: int = CollectionConfig.split_seed
     #: Root of the per-request sampling seeds.
-    seed: int = 0
+    seed: int = CollectionConfig.seed
     #: Queries in flight at once (their calls overlap: useful with HTTP servers).
-    concurrent_queries: int = 4
+    concurrent_queries: int = CollectionConfig.concurrent_queries
     #: Torch CPU threads for local models (null: torch's default).
     torch_threads: Optional[int] = None
-    progress_bar: bool = True
+    progress_bar: bool = CollectionConfig.progress_bar
     #: Problems, weak and strong generators and PRM (config groups of conf/collect/).
     problems: Any = None
     weak: Any = None
@@ -71,27 +71,9 @@ def resolve_path(path: str | None) -> str | None:
 async def run(cfg: DictConfig) -> dict[str, Any]:
     """Collect the dataset ``cfg`` describes; returns the collection summary."""
     config: Any = OmegaConf.to_container(cfg, resolve=True)
-    problems_cfg = config["problems"]
-    problems = load_problems(**{**problems_cfg, "path": resolve_path(problems_cfg["path"])})
-    weak, strong, prm = make_backends(config)
-    try:
-        return await collect(
-            problems,
-            weak,
-            strong,
-            prm,
-            CollectSettings(cfg.max_strong_steps, cfg.max_steps, cfg.seed),
-            cfg.out,
-            test_fraction=cfg.test_fraction,
-            split_seed=cfg.split_seed,
-            source={"problems": {key: problems_cfg[key] for key in ("path", "dataset", "split", "limit", "offset")},
-                    "max_tokens_per_step": cfg.max_tokens_per_step},
-            concurrent_queries=cfg.concurrent_queries,
-            progress_bar=cfg.progress_bar,
-        )
-    finally:
-        for backend in (weak, strong, prm):
-            await backend.aclose()
+    settings = CollectionConfig.from_mapping(config)
+    settings.problems.path = resolve_path(settings.problems.path)
+    return await run_collection(settings)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -120,10 +102,15 @@ def _run(cfg: DictConfig) -> None:
     print(f"\nwrote the dataset to {cfg.out} (summary: {Path(cfg.out) / 'collection_summary.json'})")
 
 
+def register_configs() -> None:
+    """Register :class:`CollectConfig` as ``collect_schema``, the schema ``conf/collect.yaml`` extends."""
+    ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
+
+
 def main() -> None:
     """Console script ``trim-collect``."""
     require_settings(sys.argv[1:], ("out",), "trim-collect out=DIR [overrides ...]")
-    ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
+    register_configs()
     hydra.main(config_path=str(config_dir()), config_name="collect", version_base="1.3")(_run)()
 
 

@@ -306,7 +306,10 @@ class PRMScorer(ABC):
 
 def check_scores(scores: Sequence[float], n_steps: int, where: str) -> list[float]:
     """Check a PRM's answer for one request: one finite score in [0, 1] per step."""
-    values = [float(score) for score in scores]
+    try:
+        values = [float(score) for score in scores]
+    except (TypeError, ValueError) as error:
+        raise BackendError(f"{where}: step scores {str(scores)[:100]} are not numbers ({error})") from error
     if len(values) != n_steps:
         raise BackendError(f"{where}: returned {len(values)} step scores for {n_steps} steps")
     bad = [value for value in values if not (math.isfinite(value) and 0.0 <= value <= 1.0)]

@@ -7,12 +7,12 @@ collection requests a step:
 
 - **Request.** The prefix is the step texts along the parent's path, the problem and reference
   answer are the query's; one step from the weak or the strong model, seeded by
-  :func:`~trim_env.sources.collect.request_seed` of (seed, query id, path letters + W/S)
-  (:func:`~trim_env.sources.collect.step_request`).
+  :func:`~trim_env.sources.query_tree.request_seed` of (seed, query id, path letters + W/S)
+  (:func:`~trim_env.sources.query_tree.step_request`).
 - **Content.** The PRM scores the new step given the prefix (a process reward depends only on the
   steps before it, so this is the score collection gives the same node); the step ends its path
   when the model ended the answer or the path reached ``max_steps``
-  (:func:`~trim_env.sources.collect.ends_path`); a terminal step is graded with math-verify; the
+  (:func:`~trim_env.sources.query_tree.ends_path`); a terminal step is graded with math-verify; the
   hidden state is unknown (-1).
 - **Same nodes as collection.** A strong rewrite and the first weak step after the root or after a
   strong step are exactly collection's requests, so a backend that answers a request
@@ -48,12 +48,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from trim_env.sources.base import PRMRequest, PRMScorer, StepGenerator, StepRequest, StepResult, solution_text
-from trim_env.sources.collect import ends_path, path_actions, step_request
+from trim_env.sources.base import (
+    PRMRequest,
+    PRMScorer,
+    StepGenerator,
+    StepRequest,
+    StepResult,
+    solution_text,
+)
 from trim_env.sources.factory import make_backends
 from trim_env.sources.grading import grade
+from trim_env.sources.query_tree import ends_path, path_actions, step_request
 from trim_env.store import ChildBatch, GrowthBudgetSpent
-from trim_env.tree import MANIFEST, MAX_STEPS, UNKNOWN_STATE, RolloutTrees, TreeFormatError, read_manifest
+from trim_env.tree import (
+    MANIFEST,
+    MAX_STEPS,
+    UNKNOWN_STATE,
+    RolloutTrees,
+    TreeFormatError,
+    read_manifest,
+)
 
 #: Settings of ``data.backends`` besides the three backend configs.
 GROWTH_SETTINGS = ("max_new_tokens", "seed", "max_steps", "max_tokens_per_step", "torch_threads")

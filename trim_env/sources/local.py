@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -32,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from trim_env.atomic import file_sha256
 from trim_env.sources.base import (
     DEFAULT_SYSTEM_PROMPT,
     STEP_SEPARATOR,
@@ -46,7 +48,6 @@ from trim_env.sources.base import (
     check_scores,
     split_steps,
 )
-from trim_env.atomic import file_sha256
 
 #: Serialises local inference in this process (see the module docstring).
 _INFERENCE_LOCK = threading.Lock()
@@ -135,10 +136,49 @@ def load_pretrained(
         path = resolve_model_path(model)
         if gguf_file:
             path = str(converted_gguf(path, gguf_file))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        network = classes[auto_class].from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+        if Path(path).is_dir():
+            check_checkpoint(Path(path))
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            network, info = classes[auto_class].from_pretrained(
+                path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, output_loading_info=True
+            )
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"model = {model!r}: {path} cannot be loaded as a {auto_class} checkpoint ({error})") from error
+        if Path(path).is_dir() and info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"{path}: the weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r} "
+                "(a truncated or mismatched checkpoint would otherwise run with random weights)"
+            )
         _LOADED[key] = (network.eval(), tokenizer)
     return _LOADED[key]
+
+
+def check_checkpoint(directory: Path) -> None:
+    """Refuse a local checkpoint whose ``config.json`` or ``*.safetensors`` files are unreadable, naming file and field.
+
+    :raises ValueError: ``config.json`` missing, not JSON, or without ``model_type``; a
+        safetensors file truncated or corrupt.
+    """
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{config_path}: missing; {directory} is not a transformers checkpoint")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ValueError(f"{config_path}: field 'model_type' is missing; the checkpoint's architecture is unknown")
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_slice(name)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{weights}: cannot be read ({error}); the file is truncated or corrupt") from error
 
 
 def _batch_seed(seeds: Sequence[int | None]) -> int | None:

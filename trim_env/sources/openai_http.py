@@ -25,8 +25,11 @@ backoff and jitter on timeouts, connection errors, 429 and 5xx, and immediate, c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import re
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import httpx
@@ -54,44 +57,94 @@ from trim_env.sources.base import (
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class HTTPClient:
-    """JSON POSTs to one server with bounded concurrency and retries.
+#: A variable name as ``api_key_env`` takes it.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: How API keys of common providers start (``sk-``, ``hf_``, ...): a value like this is a key, not a variable name.
+_KEY_PREFIX = re.compile(r"(sk|pk|rk|hf|gsk|xai|key)[-_]", re.IGNORECASE)
+
+
+#: What :mod:`trim_env.sources.config_guard` puts in place of a key given as ``api_key_env``.
+REMOVED_SECRET = "<removed: an API key was given as this setting>"
+
+
+def check_api_key_env(value: str | None) -> None:
+    """Refuse an ``api_key_env`` that is not an environment variable's name (e.g. the key itself).
+
+    The message never repeats the value: it may be a secret.
+    """
+    if not value:
+        return
+    if value == REMOVED_SECRET:
+        raise ValueError(
+            "api_key_env held an API key, not the name of an environment variable; it was removed from the run's config "
+            "before anything was written. Put the key in an environment variable (export OPENAI_API_KEY=...) and give "
+            "its name (api_key_env=OPENAI_API_KEY)"
+        )
+    looks_like_a_key = _KEY_PREFIX.match(value) is not None and not value.isupper()
+    if _VARIABLE_NAME.fullmatch(value) is None or looks_like_a_key or len(value) > 64:
+        raise ValueError(
+            f"api_key_env = {value[:3]}… ({len(value)} characters) is not the name of an environment variable: it looks like "
+            "an API key itself. Put the key in an environment variable (export OPENAI_API_KEY=...) and give its name "
+            "(api_key_env=OPENAI_API_KEY); never pass a key as a setting, it would be recorded in run configs and logs"
+        )
+
+
+@dataclass
+class HTTPSettings:
+    """How to reach one server: the settings every HTTP backend shares.
 
     :param base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
-    :param model: the served model name (for error messages and ``/models`` look-ups).
-    :param api_key: bearer token, or ``None``.
+    :param model: the served model name.
+    :param api_key_env: the environment variable holding the API key (``None``: send none). The
+        key itself is never a setting, so it is never recorded.
     :param max_concurrency: requests in flight at once.
     :param timeout_s: seconds per attempt.
     :param max_retries: retries after the first attempt.
     :param backoff_s: first backoff; doubles per retry, plus up to 25 % jitter.
     :param backoff_max_s: longest backoff.
+    :param extra_body: further request fields, e.g. ``{"repetition_penalty": 1.05}``.
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = 16
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_api_key_env(self.api_key_env)
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency = {self.max_concurrency} must be >= 1")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries = {self.max_retries} must be >= 0")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s = {self.timeout_s} must be > 0")
+        self.extra_body = dict(self.extra_body or {})
+
+
+class HTTPClient:
+    """JSON POSTs to one server with bounded concurrency and retries.
+
+    httpx logs every request at INFO; unless its logger's level was set explicitly, it is set to
+    WARNING here, so a run's log holds progress rather than one line per request.
+
+    :param settings: address, model, API-key variable, concurrency, timeouts and retries.
     :param models_path: where the server lists its models (after ``base_url``).
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        max_concurrency: int = 16,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
-        backoff_s: float = 1.0,
-        backoff_max_s: float = 30.0,
-        models_path: str = "/models",
-    ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency = {max_concurrency} must be >= 1")
-        if max_retries < 0:
-            raise ValueError(f"max_retries = {max_retries} must be >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.api_key = api_key
-        self.max_concurrency = max_concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+    def __init__(self, settings: HTTPSettings, models_path: str = "/models") -> None:
+        self.base_url = settings.base_url.rstrip("/")
+        self.model = settings.model
+        self.api_key = api_key_from_env(settings.api_key_env)
+        self.max_concurrency = settings.max_concurrency
+        self.timeout_s = settings.timeout_s
+        self.max_retries = settings.max_retries
+        self.backoff_s = settings.backoff_s
+        self.backoff_max_s = settings.backoff_max_s
         self.models_path = models_path
         #: Attempts that failed and were retried (for summaries and tests).
         self.retries = 0
@@ -100,6 +153,9 @@ class HTTPClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        httpx_logger = logging.getLogger("httpx")
+        if httpx_logger.level == logging.NOTSET:
+            httpx_logger.setLevel(logging.WARNING)
 
     def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
@@ -255,15 +311,38 @@ class OpenAIGenerator(StepGenerator):
         return {**body, **self.extra_body}
 
     async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, str | None, int]:
-        """(choice, text, finish reason, decoded tokens) of one completion request."""
+        """(choice, text, finish reason, decoded tokens) of one completion request, each checked.
+
+        :raises BackendError: naming the field of the answer that is missing or of the wrong type,
+            or a token count above the request's ``max_tokens`` (the cap is the request's, never
+            the server's report).
+        """
         path = "/completions" if self.api == "completions" else "/chat/completions"
         answer = await self.client.post(path, body)
+        where = f"{self.client.base_url}{path}: model {self.name!r}"
+        text_field = "choices[0].text" if self.api == "completions" else "choices[0].message.content"
         try:
             choice = answer["choices"][0]
-            text = choice["text"] if self.api == "completions" else choice["message"]["content"] or ""
-            return choice, text, choice.get("finish_reason"), int(answer.get("usage", {}).get("completion_tokens") or 0)
-        except (KeyError, IndexError, TypeError, ValueError) as error:
-            raise BackendError(f"{self.client.base_url}{path}: unexpected answer for model {self.name!r}: {str(answer)[:300]}") from error
+            text = choice["text"] if self.api == "completions" else choice["message"]["content"]
+        except (KeyError, IndexError, TypeError) as error:
+            raise BackendError(f"{where}: the answer has no {text_field} ({str(answer)[:300]})") from error
+        if text is None and self.api == "chat":
+            text = ""  # a chat server may answer an empty continuation with null content
+        if not isinstance(text, str):
+            raise BackendError(f"{where}: field {text_field} is {type(text).__name__} {str(text)[:50]!r}, not a string")
+        usage = answer.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise BackendError(f"{where}: field usage.completion_tokens is {tokens!r}, not a non-negative integer")
+        if tokens > body["max_tokens"]:
+            raise BackendError(
+                f"{where}: field usage.completion_tokens = {tokens} exceeds the request's max_tokens = {body['max_tokens']}; "
+                "the server does not honour the token limit"
+            )
+        finish = choice.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            raise BackendError(f"{where}: field choices[0].finish_reason is {finish!r}, not a string")
+        return choice, text, finish, tokens
 
     async def _one(self, request: StepRequest) -> StepResult:
         choice, text, finish, tokens = await self._post(self.request_body(request))

@@ -16,7 +16,7 @@ an unknown model name fails with 404 as vLLM's does. The server binds a free por
 interface only and stops with its ``with`` block.
 
     with TestingServer({"weak": ScriptedModel("weak")}, pooling=ScriptedPRM()) as server:
-        client = HTTPClient(server.base_url, "weak")
+        client = HTTPClient(HTTPSettings(server.base_url, "weak", api_key_env=None))
 
 :func:`build_random_prm` writes a small Qwen2.5-Math-PRM-shaped model (a token-classification
 head with two labels, a tokenizer with the ``<extra_0>`` step token) with random weights: it
@@ -33,7 +33,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from trim_env.sources.base import CHATML_TEMPLATE, STEP_SEPARATOR, StepResult
 
@@ -182,6 +182,8 @@ class TestingServer:
     :param stop_reason: report vLLM's ``stop_reason`` (``False``: answer like a hosted API,
         which does not say whether the separator or the end of sequence stopped a step).
     :param logprobs: send token pieces when a request asks for ``logprobs``.
+    :param tamper: rewrites each completion answer before it is sent (``(body, answer) -> answer``),
+        to play a misbehaving server: a number as the text, a wrong token count.
     """
 
     __test__ = False  # not a pytest test class
@@ -195,6 +197,7 @@ class TestingServer:
         hang_s: float = 2.0,
         stop_reason: bool = True,
         logprobs: bool = True,
+        tamper: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.models = models
         self.pooling = pooling
@@ -203,6 +206,7 @@ class TestingServer:
         self.hang_s = hang_s
         self.stop_reason = stop_reason
         self.logprobs = logprobs
+        self.tamper = tamper
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -271,7 +275,8 @@ class TestingServer:
         model = self.models.get(body.get("model", ""))
         if model is None:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-        return 200, self._complete(model, path, body)
+        answer = self._complete(model, path, body)
+        return 200, answer if self.tamper is None else self.tamper(body, answer)
 
     def _complete(self, model: ServedModel, path: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
