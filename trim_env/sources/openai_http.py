@@ -54,6 +54,10 @@ from trim_env.sources.base import (
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+class BackendTimeoutError(BackendError):
+    """The server did not answer in time on any attempt (a routing server answers 504 for it)."""
+
+
 class HTTPClient:
     """JSON POSTs to one server with bounded concurrency and retries.
 
@@ -156,7 +160,8 @@ class HTTPClient:
                     f"the server serves {served if served is not None else 'an unknown list of models'}: check the backend's model field"
                 )
             raise BackendError(f"{url}: HTTP {response.status_code} for model {self.model!r}: {message}")
-        raise BackendError(f"{url}: model {self.model!r} failed {self.max_retries + 1} attempts; last: {last_error}")
+        failure = BackendTimeoutError if last_error.startswith("timed out") else BackendError
+        raise failure(f"{url}: model {self.model!r} failed {self.max_retries + 1} attempts; last: {last_error}")
 
     async def served_models(self) -> list[str] | None:
         """Model ids listed by ``GET /models``, or ``None`` if the server does not say."""
