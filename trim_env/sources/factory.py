@@ -10,7 +10,11 @@ generators
     ``openai``: ``base_url``, ``model``, ``api`` (``chat`` | ``completions``), ``prompt_template``
     (``chatml`` or a format string with ``{system}``/``{problem}``, for ``completions``),
     ``system_prompt``, ``temperature``, ``top_p``, ``top_k``, ``send_top_k``, ``api_key_env``,
-    ``max_concurrency``, ``timeout_s``, ``max_retries``, ``backoff_s``, ``backoff_max_s``, ``extra_body``.
+    ``max_concurrency``, ``timeout_s``, ``max_retries``, ``backoff_s``, ``backoff_max_s``, ``extra_body``,
+    ``continuation`` (``api=chat``: ``continue``, the default, assumes the server continues a partial
+    assistant message as vLLM and SGLang do; ``auto`` probes it once and otherwise renders
+    ``prompt_template`` through ``/completions``; ``template`` always does; see
+    :mod:`trim_env.sources.chat_template`).
 
 PRMs
     ``qwen`` (local, Qwen2.5-Math-PRM style), ``math_shepherd`` (local, step tag and +/- tokens),
@@ -31,6 +35,7 @@ from trim_env.sources.base import (
     Sampling,
     StepGenerator,
 )
+from trim_env.sources.chat_template import CONTINUATION_MODES, ContinuingChatGenerator
 from trim_env.sources.openai_http import (
     HTTPClient,
     OpenAIGenerator,
@@ -96,13 +101,21 @@ def _openai_generator(
     backoff_s: float = 1.0,
     backoff_max_s: float = 30.0,
     extra_body: Mapping[str, Any] | None = None,
+    continuation: str = "continue",
 ) -> StepGenerator:
     if api == "completions" and not prompt_template:
         raise ValueError("an openai generator with api=completions needs prompt_template (chatml, or a format string with {problem})")
     template = PROMPT_TEMPLATES.get(prompt_template, prompt_template) if prompt_template else None
     client = _http_client(base_url, model, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s, backoff_max_s)
     prompt = ChatPrompt(template=template, system_prompt=system_prompt)
-    return OpenAIGenerator(client, api, prompt, Sampling(temperature, top_p, top_k), max_tokens_per_step, send_top_k, dict(extra_body or {}))
+    generator = OpenAIGenerator(client, api, prompt, Sampling(temperature, top_p, top_k), max_tokens_per_step, send_top_k, dict(extra_body or {}))
+    if continuation not in CONTINUATION_MODES:
+        raise ValueError(f"continuation = {continuation!r}; choose one of {CONTINUATION_MODES}")
+    if api != "chat" or continuation == "continue":
+        return generator
+    completions = OpenAIGenerator(client, "completions", prompt, generator.sampling, max_tokens_per_step, send_top_k,
+                                  generator.extra_body) if template else None
+    return ContinuingChatGenerator(generator, completions, continuation)
 
 
 def _qwen_prm(
