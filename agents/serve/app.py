@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
+import anyio
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -71,15 +72,13 @@ def _upstream_error(error: UpstreamError) -> JSONResponse:
 async def _events(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
     """Server-sent events of ``chunks``, stopped (and the routing cancelled) when the client disconnects."""
     watcher = asyncio.ensure_future(_disconnected(request))
+    following: asyncio.Future[dict[str, Any]] | None = None
     try:
         while True:
             following = asyncio.ensure_future(chunks.__anext__())
             await asyncio.wait({following, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
-                return
+                return  # the client went away: the finally clause cancels the routing
             try:
                 chunk = following.result()
             except StopAsyncIteration:
@@ -91,7 +90,14 @@ async def _events(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> As
         yield "data: [DONE]\n\n"
     finally:
         watcher.cancel()
-        await chunks.aclose()  # type: ignore[attr-defined]
+        # Shielded: Starlette cancels this stream when it sees the disconnect first, and the
+        # routing must still be cancelled and closed (its upstream slots released).
+        with anyio.CancelScope(shield=True):
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, UpstreamError):
+                    await following
+            await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def create_app(service: RoutingService) -> FastAPI:
