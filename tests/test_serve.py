@@ -9,7 +9,6 @@ llama.cpp server (``llama-cpp-python[server]``) serving SmolLM2 and is marked sl
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import socket
@@ -28,11 +27,25 @@ from agents.live import StepRouter
 from agents.serve.app import BackgroundServer, create_app
 from agents.serve.calibrate import calibrate
 from agents.serve.controller import Controller
-from agents.serve.routers import OperatingPoint, ServedRouter, read_operating_point, write_operating_point
+from agents.serve.routers import (
+    OperatingPoint,
+    ServedRouter,
+    read_operating_point,
+    write_operating_point,
+)
 from agents.serve.service import RoutingService, ServiceSettings
 from agents.threshold import ThresholdRouter
 from trim_env.features import observation_from_steps
-from trim_env.sources.base import CHATML_TEMPLATE, STEP_SEPARATOR, BackendError, PRMRequest, PRMScorer, StepGenerator, StepRequest, StepResult
+from trim_env.sources.base import (
+    CHATML_TEMPLATE,
+    STEP_SEPARATOR,
+    BackendError,
+    PRMRequest,
+    PRMScorer,
+    StepGenerator,
+    StepRequest,
+    StepResult,
+)
 from trim_env.sources.chat_template import ContinuingChatGenerator, probe_continuation
 from trim_env.sources.factory import make_generator, make_prm
 from trim_env.sources.testing import ScriptedModel, ScriptedPRM, TestingServer
@@ -311,7 +324,7 @@ def health(server: BackgroundServer) -> dict[str, Any]:
 
 
 def test_the_first_step_is_streamed_before_the_next_one_is_written(held):
-    server, service, weak = held
+    server, _, weak = held
     with httpx.stream("POST", server.base_url + "/chat/completions", timeout=PATIENCE_S,
                       json={"model": "trim", "messages": messages(), "stream": True}) as response:
         data = (line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: "))
@@ -326,7 +339,7 @@ def test_the_first_step_is_streamed_before_the_next_one_is_written(held):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_goes_away_cancels_its_request_and_frees_the_upstream_slot(held, stream):
-    server, service, weak = held
+    server, service, _ = held
     host, port = server.socket.getsockname()[:2]
     body = json.dumps({"model": "trim", "messages": messages(), "stream": stream}).encode()
     for _ in range(3):  # with one weak slot, a leaked slot would hold every later request
@@ -431,7 +444,7 @@ def test_calibration_of_a_pomdp_router_chooses_lambda_and_the_server_solves_for_
     router = solve_router(model, 0.01, 10.0, "bayes", grid_size=201, max_strong_steps=2)
     export_router(tmp_path / "pomdp", router, {"policy": "pomdp", "lambda": 0.01, "cost_unit_tokens": 10.0})
     target = 60.0
-    best, evaluated = calibrate(router, "pomdp", tiny_trees, "strong_tokens_per_query", target, grid_points=6, refine_steps=2,
+    best, _ = calibrate(router, "pomdp", tiny_trees, "strong_tokens_per_query", target, grid_points=6, refine_steps=2,
                                 lambda_range=(1e-3, 1.0))
     assert best.figures["strong_tokens_per_query"] <= target
     point = write_operating_point(tmp_path / "point.json", "pomdp", OperatingPoint("lambda", best.value), {})

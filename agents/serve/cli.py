@@ -9,6 +9,7 @@ Stops on SIGINT/SIGTERM after finishing the requests in flight (up to ``graceful
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
@@ -23,7 +24,7 @@ from agents.serve.service import RoutingService
 def build_service(config: dict[str, Any]) -> RoutingService:
     """The routing service of a resolved ``conf/serve.yaml``."""
     if config.get("torch_threads"):
-        import torch  # noqa: PLC0415  (local backends only)
+        import torch
 
         torch.set_num_threads(int(config["torch_threads"]))
     return RoutingService.from_config(config)
@@ -31,6 +32,7 @@ def build_service(config: dict[str, Any]) -> RoutingService:
 
 @hydra.main(config_path="../../conf", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call costs more than routing
     try:
         config: Any = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         app = create_app(build_service(config))

@@ -23,7 +23,13 @@ from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
 from agents.base import Router
 from agents.live import RoutedSolution, RoutedStep
 from trim_env.features import observation_from_steps
-from trim_env.sources.base import BackendError, PRMRequest, PRMScorer, StepGenerator, StepRequest
+from trim_env.sources.base import (
+    BackendError,
+    PRMRequest,
+    PRMScorer,
+    StepGenerator,
+    StepRequest,
+)
 from trim_env.sources.collect import request_seed
 from trim_env.sources.openai_http import BackendTimeoutError
 from trim_env.tree import MAX_STEPS
@@ -162,10 +168,10 @@ class RoutingLoop:
         for index in range(limits.max_steps):
             seed = request_seed(limits.seed, problem, f"step{index}")
             request = StepRequest(problem, tuple(texts), seed)
-            (proposal,), weak_s = await self.weak.call(lambda weak: weak.generate([request]))
+            (proposal,), weak_s = await self.weak.call(lambda weak, request=request: weak.generate([request]))
             solution.weak_tokens += proposal.tokens
             scored = PRMRequest(problem, (*texts, proposal.text))
-            (scores,), prm_s = await self.prm.call(lambda prm: prm.score([scored]))
+            (scores,), prm_s = await self.prm.call(lambda prm, scored=scored: prm.score([scored]))
             upstream_s = weak_s + prm_s
             proposal_prm = scores[-1]
             tokens_left = limits.max_strong_tokens is None or solution.strong_tokens < limits.max_strong_tokens
@@ -181,10 +187,10 @@ class RoutingLoop:
             if action == 1:
                 budget = None if limits.max_strong_tokens is None else limits.max_strong_tokens - solution.strong_tokens
                 rewrite = StepRequest(problem, tuple(texts), request_seed(limits.seed, problem, f"step{index}S"), max_tokens=budget)
-                (step,), strong_s = await self.strong.call(lambda strong: strong.generate([rewrite]))
+                (step,), strong_s = await self.strong.call(lambda strong, rewrite=rewrite: strong.generate([rewrite]))
                 solution.strong_tokens += step.tokens
                 rescored = PRMRequest(problem, (*texts, step.text))
-                (scores,), rescore_s = await self.prm.call(lambda prm: prm.score([rescored]))
+                (scores,), rescore_s = await self.prm.call(lambda prm, rescored=rescored: prm.score([rescored]))
                 prm_score, rejected = scores[-1], proposal.text
                 upstream_s += strong_s + rescore_s
             written = RoutedStep(step.text, step.tokens, prm_score, action == 1, proposal_prm, proposal.tokens, asked,
