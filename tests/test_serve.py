@@ -234,6 +234,7 @@ def test_bad_requests_get_a_400_naming_the_field(served, body, param, message):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and message in error["message"]
+    assert 'outcome="bad_request"' in httpx.get(served.base_url.removesuffix("/v1") + "/metrics").text
 
 
 def test_a_body_that_is_not_json_gets_a_400(served):

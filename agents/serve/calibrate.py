@@ -29,7 +29,12 @@ from omegaconf.errors import MissingMandatoryValue
 
 from agents.base import Router
 from agents.export import check_not_trained_on
-from agents.serve.routers import PARAMETERS, OperatingPoint, load_served_router, write_operating_point
+from agents.serve.routers import (
+    PARAMETERS,
+    OperatingPoint,
+    load_served_router,
+    write_operating_point,
+)
 from agents.threshold import ThresholdRouter
 from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import reference, run_episodes, summarize
@@ -51,7 +56,7 @@ def router_at(router: Router, kind: str, value: float) -> Router:
     """``router`` moved to operating point ``value`` (threshold k or λ)."""
     if kind == "threshold":
         return ThresholdRouter(value)
-    from agents.pomdp.router import solve_router  # noqa: PLC0415  (only POMDP routers need the solver)
+    from agents.pomdp.router import solve_router
 
     policy = router.policy  # type: ignore[attr-defined]
     return solve_router(router.model, value, policy.cost_unit_tokens, router.belief_filter,  # type: ignore[attr-defined]
@@ -93,7 +98,7 @@ def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, 
         grid = np.linspace(0.0, 1.0, grid_points)
     else:
         grid = np.concatenate([np.geomspace(lambda_range[1], lambda_range[0], grid_points - 1), [0.0]])
-    within: Callable[[Candidate], bool] = lambda candidate: candidate.figures[target_name] <= target  # noqa: E731
+    within: Callable[[Candidate], bool] = lambda candidate: candidate.figures[target_name] <= target
     candidates = [measure(value) for value in grid]
     affordable = [index for index, candidate in enumerate(candidates) if within(candidate)]
     if not affordable:

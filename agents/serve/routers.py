@@ -175,7 +175,7 @@ class ServedRouter:
         return router
 
     def _solve(self, lam: float) -> Router:
-        from agents.pomdp.router import solve_router  # noqa: PLC0415  (only POMDP routers need the solver)
+        from agents.pomdp.router import solve_router
 
         exported = self.router
         policy = exported.policy  # type: ignore[attr-defined]

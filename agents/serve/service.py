@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
 from agents.live import RoutedSolution
-from agents.serve.loop import RoutingLoop, StepEvent, StepLimits, Upstream, UpstreamError
+from agents.serve.loop import (
+    RoutingLoop,
+    StepEvent,
+    StepLimits,
+    Upstream,
+    UpstreamError,
+)
 from agents.serve.metrics import ServeMetrics
 from agents.serve.routers import OperatingPoint, ServedRouter
 from trim_env.sources.base import STEP_SEPARATOR, PRMScorer, StepGenerator
@@ -117,11 +123,13 @@ class RoutingRun:
     request: ChatRequest
     id: str = field(default_factory=lambda: f"chatcmpl-trim-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
-    solution: RoutedSolution = field(default_factory=lambda: RoutedSolution(""))
     point: OperatingPoint | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str = "length"
     upstream_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.solution = RoutedSolution(self.request.problem)
 
 
 class RoutingService:
@@ -224,9 +232,18 @@ class RoutingService:
         limits = StepLimits(self.settings.max_steps, cap, self.settings.max_strong_steps, self.settings.seed if seed is None else seed)
         return ChatRequest(served, problem, stream, bool(options.get("include_usage", False)), limits, point)
 
+    def _checked(self, body: Any) -> ChatRequest:
+        """:meth:`parse`, counting refused requests in the metrics."""
+        try:
+            return self.parse(body)
+        except RequestError:
+            model = body.get("model") if isinstance(body, Mapping) else None
+            self.metrics.requests.labels(router=model if model in self.routers else "", outcome="bad_request").inc()
+            raise
+
     async def complete(self, body: Any) -> dict[str, Any]:
         """Route a non-streaming request; the ``chat.completion`` answer."""
-        run = RoutingRun(self.parse(body))
+        run = RoutingRun(self._checked(body))
         async for _ in self._events(run):
             pass
         return self.completion(run)
@@ -234,7 +251,7 @@ class RoutingService:
     async def stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
         """Route a streaming request: returns once the first step is written (so that a request that
         fails before it gets a plain error answer), then yields the chunks."""
-        run = RoutingRun(self.parse(body))
+        run = RoutingRun(self._checked(body))
         events = self._events(run)
         try:
             first = await events.__anext__()
@@ -261,7 +278,6 @@ class RoutingService:
     async def _events(self, run: RoutingRun) -> AsyncIterator[StepEvent]:
         """The loop's steps for ``run``, with the metrics and the run's trace kept up to date."""
         request = run.request
-        run.solution = RoutedSolution(request.problem)
         name = request.served.name
         started = last = time.perf_counter()
         outcome = "error"
