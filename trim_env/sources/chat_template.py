@@ -29,8 +29,16 @@ import asyncio
 import logging
 from typing import Any, Sequence
 
-from trim_env.sources.base import BackendError, Rollout, StepGenerator, StepRequest, StepResult
-from trim_env.sources.openai_http import OpenAIGenerator
+from trim_env.sources.base import (
+    BackendAuthError,
+    BackendError,
+    BackendModelError,
+    Rollout,
+    StepGenerator,
+    StepRequest,
+    StepResult,
+)
+from trim_env.sources.openai_http import BackendTimeoutError, OpenAIGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +51,18 @@ PROBE_PREFIX = "1, 2, 3,"
 async def probe_continuation(chat: OpenAIGenerator) -> bool | None:
     """Whether ``chat``'s server continues a partial assistant message (``None``: it reports no prompt tokens).
 
+    A server that refuses the request to continue (a client error) does not continue.
+
     :param chat: a generator with ``api="chat"`` (its client, model and system prompt are used).
     """
     messages = [*chat.prompt.messages(PROBE_PROBLEM), {"role": "assistant", "content": PROBE_PREFIX}]
     body = {"model": chat.client.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
-    continued = await chat.client.post("/chat/completions", {**body, "continue_final_message": True, "add_generation_prompt": False})
+    try:
+        continued = await chat.client.post("/chat/completions", {**body, "continue_final_message": True, "add_generation_prompt": False})
+    except (BackendAuthError, BackendModelError, BackendTimeoutError):
+        raise
+    except BackendError:  # a server that refuses the fields (HTTP 400/422) does not continue either
+        return False
     closed = await chat.client.post("/chat/completions", body)
     counts = [(answer.get("usage") or {}).get("prompt_tokens") for answer in (continued, closed)]
     if not all(isinstance(count, int) and count > 0 for count in counts):
