@@ -23,7 +23,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, TypeVar
 
 import anyio
 import uvicorn
@@ -69,7 +69,7 @@ def _upstream_error(error: UpstreamError) -> JSONResponse:
     return JSONResponse(error_body(str(error), "upstream_error", code=f"upstream_{error.upstream}"), status_code=error.status)
 
 
-async def _events(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+async def _events(request: Request, chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
     """Server-sent events of ``chunks``, stopped (and the routing cancelled) when the client disconnects."""
     watcher = asyncio.ensure_future(_disconnected(request))
     following: asyncio.Future[dict[str, Any]] | None = None
@@ -97,7 +97,7 @@ async def _events(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> As
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, UpstreamError):
                     await following
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
 
 
 def create_app(service: RoutingService) -> FastAPI:
@@ -157,7 +157,7 @@ class BackgroundServer:
     :param graceful_shutdown_s: longest wait for in-flight requests on shutdown (``None``: no limit).
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, graceful_shutdown_s: float | None = 30.0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, graceful_shutdown_s: int | None = 30) -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from typing import AsyncGenerator, Awaitable, Callable, TypeVar
 
 from agents.base import Router
 from agents.live import RoutedSolution, RoutedStep
@@ -29,12 +29,12 @@ from trim_env.sources.base import (
     PRMScorer,
     StepGenerator,
     StepRequest,
+    StepResult,
 )
 from trim_env.sources.collect import request_seed
 from trim_env.sources.openai_http import BackendTimeoutError
 from trim_env.tree import MAX_STEPS
 
-Backend = TypeVar("Backend", StepGenerator, PRMScorer)
 Result = TypeVar("Result")
 
 
@@ -54,7 +54,7 @@ class UpstreamError(RuntimeError):
         self.status = status
 
 
-class Upstream(Generic[Backend]):
+class Upstream:
     """One backend behind a semaphore, with its calls in flight and their wall time.
 
     :param role: ``weak``, ``strong`` or ``prm`` (named in errors and metrics).
@@ -63,7 +63,7 @@ class Upstream(Generic[Backend]):
     :param observe: called with (role, seconds) after every finished call (metrics).
     """
 
-    def __init__(self, role: str, backend: Backend, max_concurrency: int,
+    def __init__(self, role: str, backend: StepGenerator | PRMScorer, max_concurrency: int,
                  observe: Callable[[str, float], None] | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency of upstream {role} = {max_concurrency} must be >= 1")
@@ -74,8 +74,24 @@ class Upstream(Generic[Backend]):
         self.in_flight = 0
         self.observe = observe
 
-    async def call(self, work: Callable[[Backend], Awaitable[Result]]) -> tuple[Result, float]:
-        """Run ``work(backend)`` in a slot; (its result, its wall time in seconds).
+    async def generate(self, request: StepRequest) -> tuple[StepResult, float]:
+        """The next step of ``request`` and the call's wall time (s)."""
+        generator = self.backend
+        if not isinstance(generator, StepGenerator):
+            raise TypeError(f"upstream {self.role} is a PRM, not a step generator")
+        (step,), seconds = await self._timed(lambda: generator.generate([request]))
+        return step, seconds
+
+    async def score(self, request: PRMRequest) -> tuple[list[float], float]:
+        """The PRM scores of ``request``'s steps and the call's wall time (s)."""
+        prm = self.backend
+        if not isinstance(prm, PRMScorer):
+            raise TypeError(f"upstream {self.role} is a step generator, not a PRM")
+        (scores,), seconds = await self._timed(lambda: prm.score([request]))
+        return scores, seconds
+
+    async def _timed(self, work: Callable[[], Awaitable[Result]]) -> tuple[Result, float]:
+        """Run ``work()`` in a slot; (its result, its wall time in seconds).
 
         :raises UpstreamError: when the backend fails (504 if it timed out).
         """
@@ -83,7 +99,7 @@ class Upstream(Generic[Backend]):
             self.in_flight += 1
             started = time.perf_counter()
             try:
-                result = await work(self.backend)
+                result = await work()
             except BackendTimeoutError as error:
                 raise UpstreamError(self.role, self.backend.name, 504, str(error)) from error
             except BackendError as error:
@@ -144,7 +160,7 @@ class RoutingLoop:
     :param prm: the PRM's upstream.
     """
 
-    def __init__(self, weak: Upstream[StepGenerator], strong: Upstream[StepGenerator], prm: Upstream[PRMScorer]) -> None:
+    def __init__(self, weak: Upstream, strong: Upstream, prm: Upstream) -> None:
         self.weak = weak
         self.strong = strong
         self.prm = prm
@@ -154,7 +170,7 @@ class RoutingLoop:
         return (self.weak, self.strong, self.prm)
 
     async def steps(self, problem: str, router: Router, limits: StepLimits,
-                    solution: RoutedSolution | None = None) -> AsyncIterator[StepEvent]:
+                    solution: RoutedSolution | None = None) -> AsyncGenerator[StepEvent, None]:
         """Write ``problem``'s solution under ``router``, yielding each step once written.
 
         :param problem: the problem statement.
@@ -168,10 +184,9 @@ class RoutingLoop:
         for index in range(limits.max_steps):
             seed = request_seed(limits.seed, problem, f"step{index}")
             request = StepRequest(problem, tuple(texts), seed)
-            (proposal,), weak_s = await self.weak.call(lambda weak, request=request: weak.generate([request]))
+            proposal, weak_s = await self.weak.generate(request)
             solution.weak_tokens += proposal.tokens
-            scored = PRMRequest(problem, (*texts, proposal.text))
-            (scores,), prm_s = await self.prm.call(lambda prm, scored=scored: prm.score([scored]))
+            scores, prm_s = await self.prm.score(PRMRequest(problem, (*texts, proposal.text)))
             upstream_s = weak_s + prm_s
             proposal_prm = scores[-1]
             tokens_left = limits.max_strong_tokens is None or solution.strong_tokens < limits.max_strong_tokens
@@ -187,10 +202,9 @@ class RoutingLoop:
             if action == 1:
                 budget = None if limits.max_strong_tokens is None else limits.max_strong_tokens - solution.strong_tokens
                 rewrite = StepRequest(problem, tuple(texts), request_seed(limits.seed, problem, f"step{index}S"), max_tokens=budget)
-                (step,), strong_s = await self.strong.call(lambda strong, rewrite=rewrite: strong.generate([rewrite]))
+                step, strong_s = await self.strong.generate(rewrite)
                 solution.strong_tokens += step.tokens
-                rescored = PRMRequest(problem, (*texts, step.text))
-                (scores,), rescore_s = await self.prm.call(lambda prm, rescored=rescored: prm.score([rescored]))
+                scores, rescore_s = await self.prm.score(PRMRequest(problem, (*texts, step.text)))
                 prm_score, rejected = scores[-1], proposal.text
                 upstream_s += strong_s + rescore_s
             written = RoutedStep(step.text, step.tokens, prm_score, action == 1, proposal_prm, proposal.tokens, asked,

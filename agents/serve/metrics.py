@@ -22,7 +22,7 @@ metric                                    type        meaning
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -58,9 +58,9 @@ class ServeMetrics:
         self.upstream_in_flight = Gauge("trim_upstream_in_flight", "Backend calls holding a slot", ["upstream"], registry=registry)
         self._step_counts: dict[str, list[int]] = {}
 
-    def watch_upstream(self, role: str, in_flight: Callable[[], int]) -> None:
-        """Report ``in_flight()`` as the slots upstream ``role`` holds, read at each scrape."""
-        self.upstream_in_flight.labels(upstream=role).set_function(in_flight)
+    def watch_upstream(self, role: str, upstream: Any) -> None:
+        """Report ``upstream.in_flight`` (an :class:`~agents.serve.loop.Upstream`) as the slots ``role`` holds, read at each scrape."""
+        self.upstream_in_flight.labels(upstream=role).set_function(lambda: upstream.in_flight)
 
     def observe_upstream(self, role: str, seconds: float) -> None:
         self.upstream_seconds.labels(upstream=role).observe(seconds)

@@ -37,7 +37,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncGenerator, Mapping
 
 from agents.live import RoutedSolution
 from agents.serve.loop import (
@@ -157,7 +157,7 @@ class RoutingService:
         upstreams = {role: Upstream(role, backend, int(concurrency.get(role, 16)), self.metrics.observe_upstream)
                      for role, backend in (("weak", weak), ("strong", strong), ("prm", prm))}
         for role, upstream in upstreams.items():
-            self.metrics.watch_upstream(role, lambda upstream=upstream: upstream.in_flight)
+            self.metrics.watch_upstream(role, upstream)
         self.loop = RoutingLoop(upstreams["weak"], upstreams["strong"], upstreams["prm"])
         self.in_flight = 0
 
@@ -248,7 +248,7 @@ class RoutingService:
             pass
         return self.completion(run)
 
-    async def stream(self, body: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, body: Any) -> AsyncGenerator[dict[str, Any], None]:
         """Route a streaming request: returns once the first step is written (so that a request that
         fails before it gets a plain error answer), then yields the chunks."""
         run = RoutingRun(self._checked(body))
@@ -262,7 +262,8 @@ class RoutingService:
             raise
         return self._chunks(run, events, first)
 
-    async def _chunks(self, run: RoutingRun, events: AsyncIterator[StepEvent], first: StepEvent | None) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, run: RoutingRun, events: AsyncGenerator[StepEvent, None],
+                      first: StepEvent | None) -> AsyncGenerator[dict[str, Any], None]:
         try:
             yield self._chunk(run, {"role": "assistant", "content": ""})
             if first is not None:
@@ -273,9 +274,9 @@ class RoutingService:
             if run.request.include_usage:
                 yield {**self._chunk(run, {}), "choices": [], "usage": self._usage(run)}
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
-    async def _events(self, run: RoutingRun) -> AsyncIterator[StepEvent]:
+    async def _events(self, run: RoutingRun) -> AsyncGenerator[StepEvent, None]:
         """The loop's steps for ``run``, with the metrics and the run's trace kept up to date."""
         request = run.request
         name = request.served.name
