@@ -218,7 +218,7 @@ def test_route_cli_refuses_an_api_key_given_as_a_variable_name_without_printing_
     write_router(tmp_path / "router", {"policy": "thr", "lambda": 0.01, "cost_unit_tokens": 10.0, "dataset_content_hash": "test",
                                        "kind": "threshold", "observation": "agg", "threshold": 0.5})
     key = "sk-proj-Zq8xTESTKEY0000000000"
-    command = [sys.executable, str(ROOT / "scripts" / "route.py"), "--router", str(tmp_path / "router"), "--problem", PROBLEM,
+    command = [sys.executable, "-m", "agents.cli.route", f"router={tmp_path / 'router'}", f'problem="{PROBLEM}"',
                "collect/generator@weak=openai", f"weak.base_url={server.base_url}", "weak.model=weak", f"weak.api_key_env={key}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode != 0

@@ -9,7 +9,11 @@ too). :func:`build_generator` / :func:`build_prm` turn typed settings into a bac
 
 generators
     ``transformers`` (:class:`TransformersGeneratorSettings`): a local causal LM.
-    ``openai`` (:class:`OpenAIGeneratorSettings`): an OpenAI-compatible server.
+    ``openai`` (:class:`OpenAIGeneratorSettings`): an OpenAI-compatible server; ``continuation``
+    (``api=chat``: ``continue``, the default, assumes the server continues a partial assistant
+    message as vLLM and SGLang do; ``auto`` probes it once and otherwise renders
+    ``prompt_template`` through ``/completions``; ``template`` always does; see
+    :mod:`trim_env.sources.chat_template`).
 
 PRMs
     ``qwen`` (:class:`QwenPRMSettings`, local, Qwen2.5-Math-PRM style), ``math_shepherd``
@@ -36,6 +40,7 @@ from trim_env.sources.base import (
     Sampling,
     StepGenerator,
 )
+from trim_env.sources.chat_template import CONTINUATION_MODES, ContinuingChatGenerator
 from trim_env.sources.openai_http import (
     HTTPClient,
     HTTPSettings,
@@ -84,6 +89,7 @@ class OpenAIGeneratorSettings(HTTPSettings):
     :param top_p: nucleus mass.
     :param top_k: candidates per token (0: no limit).
     :param send_top_k: send ``top_k`` (hosted APIs reject the field: false).
+    :param continuation: ``api=chat`` only: ``continue``, ``auto`` or ``template`` (module docstring).
     """
 
     api: str = "chat"
@@ -93,6 +99,12 @@ class OpenAIGeneratorSettings(HTTPSettings):
     top_p: float = 0.8
     top_k: int = 20
     send_top_k: bool = True
+    continuation: str = "continue"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.continuation not in CONTINUATION_MODES:
+            raise ValueError(f"continuation = {self.continuation!r}; choose one of {CONTINUATION_MODES}")
 
 
 @dataclass
@@ -216,8 +228,13 @@ def build_generator(settings: GeneratorSettings, max_tokens_per_step: int) -> St
             raise ValueError("an openai generator with api=completions needs prompt_template (chatml, or a format string with {problem})")
         template = PROMPT_TEMPLATES.get(settings.prompt_template, settings.prompt_template) if settings.prompt_template else None
         prompt = ChatPrompt(template=template, system_prompt=settings.system_prompt)
-        return OpenAIGenerator(HTTPClient(settings), settings.api, prompt, sampling, max_tokens_per_step, settings.send_top_k,
-                               dict(settings.extra_body))
+        client = HTTPClient(settings)
+        generator = OpenAIGenerator(client, settings.api, prompt, sampling, max_tokens_per_step, settings.send_top_k, dict(settings.extra_body))
+        if settings.api != "chat" or settings.continuation == "continue":
+            return generator
+        completions = OpenAIGenerator(client, "completions", prompt, sampling, max_tokens_per_step, settings.send_top_k,
+                                      dict(settings.extra_body)) if template else None
+        return ContinuingChatGenerator(generator, completions, settings.continuation)
     from trim_env.sources.local import TransformersGenerator, load_pretrained  # noqa: PLC0415  (torch models)
 
     network, tokenizer = load_pretrained(settings.model, "causal_lm", settings.gguf_file, settings.dtype, settings.trust_remote_code)

@@ -89,6 +89,10 @@ def check_api_key_env(value: str | None) -> None:
         )
 
 
+class BackendTimeoutError(BackendError):
+    """The server did not answer in time on any attempt (a routing server answers 504 for it)."""
+
+
 @dataclass
 class HTTPSettings:
     """How to reach one server: the settings every HTTP backend shares.
@@ -212,7 +216,8 @@ class HTTPClient:
                     f"the server serves {served if served is not None else 'an unknown list of models'}: check the backend's model field"
                 )
             raise BackendError(f"{url}: HTTP {response.status_code} for model {self.model!r}: {message}")
-        raise BackendError(f"{url}: model {self.model!r} failed {self.max_retries + 1} attempts; last: {last_error}")
+        failure = BackendTimeoutError if last_error.startswith("timed out") else BackendError
+        raise failure(f"{url}: model {self.model!r} failed {self.max_retries + 1} attempts; last: {last_error}")
 
     async def served_models(self) -> list[str] | None:
         """Model ids listed by ``GET /models``, or ``None`` if the server does not say."""
