@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from agents import make_router
+from agents.registry import make_router
 from agents.baselines.oracle import lambda_grid, regenerate_is_better, run_oracle
 from agents.baselines.query_level import (
     ALWAYS_ESCALATE,
