@@ -179,7 +179,7 @@ class ActorRouter(Router):
     def fit(cls, settings: ActorSettings, data: TrainingData, ppo: Any = None) -> Fitted:
         """Train with PPO (``ppo``: :class:`agents.ppo.PPOSettings`, default settings if ``None``) and
         keep the checkpoint with the best validation return."""
-        from agents.ppo import PolicySpec, train_router  # noqa: PLC0415  (SB3 only when training)
+        from agents.ppo import PolicySpec, train_router
 
         settings.check()
         ppo_settings = (ppo or PPOSettings()).check()

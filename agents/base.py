@@ -20,9 +20,10 @@ Entry points find a kind through :mod:`agents.registry`, never by name in an if/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -170,7 +171,7 @@ class Router(ABC):
 
     def save(self, directory: str | Path) -> Path:
         """Write the router to ``directory``: ``config.json`` (:attr:`config`) plus the kind's own files."""
-        from agents.export import write_router  # noqa: PLC0415  (export imports this module)
+        from agents.export import write_router
 
         return write_router(directory, self.config)
 

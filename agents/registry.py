@@ -65,7 +65,7 @@ class Registry:
     def policy(self, name: str) -> type[PolicyKind]:
         """The class implementing policy ``name``."""
         if name not in self.references:
-            raise RegistryError(f"unknown policy {name!r}; registered policies: {self.names}")
+            raise RegistryError(f"unknown policy.name {name!r}; registered policies (conf/policy/*.yaml): {self.names}")
         reference, path = self.references[name]
         return import_class(reference, f"{path}: field router")
 
@@ -118,7 +118,7 @@ def read_registry(policy_dir: str | Path) -> Registry:
 @cache
 def registry() -> Registry:
     """The registry of this checkout's (or installation's) ``conf/policy``."""
-    from agents.cli import config_dir  # noqa: PLC0415  (agents.cli imports nothing heavy)
+    from agents.cli import config_dir
 
     return read_registry(config_dir() / "policy")
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from agents.base import Router  # noqa: E402
-from agents.export import ActorRouter  # noqa: E402
+from agents.actor import ActorRouter  # noqa: E402
 from agents.networks import ActorNetwork  # noqa: E402
 from agents.threshold import ThresholdRouter  # noqa: E402
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps  # noqa: E402

@@ -26,7 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from agents.cli.common import compose
+from trim_env import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A grid stops being extended once its best point recovers this much of the gap...
@@ -108,14 +109,14 @@ def main() -> None:
     stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
     stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
     for policy in args.policies:
-        config = OmegaConf.load(ROOT / "conf" / "policy" / f"{policy}.yaml")
+        config = compose("config", [f"policy={policy}"]).policy  # with the settings dataclass's defaults
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
         seeds = args.seeds if config.get("total_timesteps") is not None else args.seeds[:1]
         sweep_policy(policy, [float(v) for v in config.sweep_lambdas], seeds, runs, data, times)
-    stage("report", [python, "scripts/frontier.py", str(runs), "--out", str(out), "--real-reference"], times)
+    stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", "real_reference=packaged"], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
-    (out / "study_times.json").write_text(json.dumps({"stages_s": times, "total_s": total}, indent=2) + "\n")
+    atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total})
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
-
 from trim_env import atomic
 
 #: Held (``flock``) for as long as a run writes into its directory.
@@ -51,8 +49,7 @@ def claim_run_dir(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock_path = directory / LOCK_FILE
-    lock: IO[str] = open(lock_path, "a")
-    try:
+    with open(lock_path, "a") as lock:  # closing it releases the lock
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -74,5 +71,3 @@ def claim_run_dir(
         for name, text in (config_files or {}).items():
             atomic.write_text(directory / CONFIG_SUBDIR / name, text)
         yield directory
-    finally:
-        lock.close()  # releases the lock

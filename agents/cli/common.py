@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.actor import PPOSettings
 from agents.base import Router
+from agents.cli import config_dir
 from agents.export import write_training_queries
 from agents.registry import registry
 from trim_env import atomic
@@ -35,6 +36,17 @@ def register_schemas() -> None:
     store.store(group="ppo", name="default", node=PPOSettings)
     for name, settings in registry().schemas().items():
         store.store(group="policy", name=name, node=settings)
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config an entry point would run with (schemas registered, composed from :func:`config_dir`),
+    for calling its work function directly, e.g. ``train(compose("config", ["policy=thr"]), out)``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=config_name):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def settings_of(node: DictConfig) -> Any:

@@ -40,7 +40,13 @@ from agents.registry import registry
 from agents.tracking import make_tracker
 from trim_env import atomic
 from trim_env.data import default_dataset_dir, growth_source, load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, run_episodes, write_results
+from trim_env.evaluation import (
+    anchor_points,
+    make_point,
+    reference,
+    run_episodes,
+    write_results,
+)
 from trim_env.run_dirs import RunDirError
 from trim_env.store import GrowthBudgetSpent
 from trim_env.tree import RolloutTrees, read_manifest

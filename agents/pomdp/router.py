@@ -146,7 +146,7 @@ class PomdpRouter(Router):
     @classmethod
     def fit(cls, settings: PomdpSettings, data: TrainingData) -> Fitted:
         """Fit (or load the cached fit) on the training part of the train split, solve for λ."""
-        from hydra.utils import to_absolute_path  # noqa: PLC0415  (the cache dir is relative to the launch directory)
+        from hydra.utils import to_absolute_path
 
         settings.check()
         cache_dir = None if settings.model_cache_dir is None else to_absolute_path(str(settings.model_cache_dir))
