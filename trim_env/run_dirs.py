@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
 from trim_env import atomic
 
 #: Held (``flock``) for as long as a run writes into its directory.
