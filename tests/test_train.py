@@ -537,3 +537,39 @@ def test_only_sequence_history_can_solve_the_history_task(tmp_path, single_threa
         accuracy[kind] = exported
     assert accuracy["seq"] >= 0.9, accuracy
     assert accuracy["agg"] <= 0.7, accuracy
+
+
+# ------------------------------------------------------------------------------------------------
+# The config is the truth
+
+
+@pytest.mark.parametrize("policy", ["agg", "seq"])
+def test_the_trained_model_has_the_hyper_parameters_the_config_records(policy, tiny_dataset_dir, tmp_path):
+    """``python train.py policy=seq ppo.n_epochs=1 ppo.batch_size=128`` trains with 1 / 128, as recorded."""
+    from stable_baselines3 import PPO
+
+    out = tmp_path / "run"
+    result = run_script(
+        "train.py", f"policy={policy}", "policy.total_timesteps=256", "ppo.n_envs=4", "ppo.n_steps=32", "ppo.batch_size=16",
+        "ppo.n_epochs=1", "ppo.learning_rate=0.001", "ppo.gamma=0.99", "ppo.gae_lambda=0.9", "ppo.clip_range=0.3", "ppo.vf_coef=0.25",
+        "ppo.max_grad_norm=0.7", "ppo.eval_every=128", "policy.hidden=[16,8]", "progress_bar=false", f"data.path={tiny_dataset_dir}",
+        "data.persist_growth=false", f"hydra.run.dir={out}",
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    ppo, policy_config = recorded["ppo"], recorded["policy"]
+    assert (ppo["n_epochs"], ppo["batch_size"], ppo["learning_rate"]) == (1, 16, 0.001)  # the overrides were recorded
+    model = PPO.load(out / "router" / "sb3_model.zip", device="cpu")
+    assert model.n_envs == ppo["n_envs"] and model.n_steps == ppo["n_steps"] and model.batch_size == ppo["batch_size"]
+    assert model.n_epochs == ppo["n_epochs"] and model.learning_rate == ppo["learning_rate"]
+    assert model.gamma == ppo["gamma"] and model.gae_lambda == ppo["gae_lambda"] and model.clip_range(1.0) == ppo["clip_range"]
+    assert model.vf_coef == ppo["vf_coef"] and model.max_grad_norm == ppo["max_grad_norm"]
+    assert model.ent_coef == pytest.approx(ppo["ent_coef_end"], abs=ppo["ent_coef_start"])  # decayed from start towards end
+    assert model.num_timesteps == policy_config["total_timesteps"]
+    assert model.policy.net_arch == {"pi": policy_config["hidden"], "vf": policy_config["hidden"]}
+    if policy == "seq":
+        assert model.policy.features_extractor_kwargs == policy_config["seq"]
+    exported = json.loads((out / "router" / "config.json").read_text())
+    assert exported["ppo"] == ppo and exported["settings"] == policy_config  # the export records the same settings
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["ppo"] == ppo and results["config"]["policy"] == policy_config
