@@ -176,7 +176,7 @@ class ActorRouter(Router):
         return logits.argmax(-1).numpy()
 
     @classmethod
-    def fit(cls, settings: ActorSettings, data: TrainingData, ppo: Any = None) -> Fitted:
+    def fit(cls, settings: ActorSettings, data: TrainingData, ppo: PPOSettings | None = None, **groups: Any) -> Fitted:
         """Train with PPO (``ppo``: :class:`agents.ppo.PPOSettings`, default settings if ``None``) and
         keep the checkpoint with the best validation return."""
         from agents.ppo import PolicySpec, train_router
@@ -187,7 +187,7 @@ class ActorRouter(Router):
                           asdict(settings.seq) if settings.observation == "seq" else {})
         result = train_router(data.trees, data.train_queries, data.validation, spec, ppo_settings, settings.total_timesteps,
                               data.lam, data.cost_unit_tokens, data.seed, data.progress_bar, data.log)
-        observation_dim = int(np.prod(result.model.observation_space.shape))
+        observation_dim = result.observation_dim
         config = {**data.identity(settings), "ppo": asdict(ppo_settings), "kind": cls.kind, "observation": settings.observation,
                   "network": settings.network(observation_dim)}
         summary = {

@@ -3,7 +3,7 @@
 Every router kind (TRIM-Thr, TRIM-Agg/Seq, TRIM-POMDP, the step-level baselines, ...) is one
 :class:`Router` subclass with:
 
-- ``Settings``: a dataclass, registered as a Hydra structured config (``policy/<name>_schema``),
+- ``Settings``: a dataclass, registered as a Hydra structured config (``schema/policy/<Class>``),
   that is the single home of the kind's defaults; ``conf/policy/<name>.yaml`` names the class
   (``router: module:Class``) and sets only what that policy changes;
 - :meth:`Router.predict` on a batch of the observations a deployed router sees (``agg`` or ``seq``,

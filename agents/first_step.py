@@ -40,7 +40,7 @@ class FirstStepRouter(Router):
         return (np.rint(observations[..., _STEP] * MAX_STEPS) == 1).astype(np.int64)
 
     @classmethod
-    def fit(cls, settings: FirstStepSettings, data: TrainingData) -> Fitted:
+    def fit(cls, settings: FirstStepSettings, data: TrainingData, **groups: Any) -> Fitted:
         """Nothing to learn: the router, and its return on the validation part."""
         router = cls({**data.identity(settings), "kind": cls.kind, "observation": cls.observation_kind})
         outcomes = run_episodes(data.validation, router)

@@ -61,6 +61,8 @@ class TrainResult:
     best: dict[str, float]
     wall_time_s: float
     env_steps: int
+    #: Length of the flattened observation the actor reads.
+    observation_dim: int
 
 
 def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNetwork:
@@ -220,5 +222,6 @@ def train_router(
         best=callback.best,
         wall_time_s=wall_time,
         env_steps=int(model.num_timesteps),
+        observation_dim=observation_dim,
     )
 

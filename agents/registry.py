@@ -87,7 +87,7 @@ class Registry:
         raise RegistryError(f"field kind = {kind!r}; known kinds: {known}")
 
     def schemas(self) -> dict[str, type]:
-        """Schema name (``<Settings class>``) -> settings dataclass, for every registered policy."""
+        """Schema name (the settings class's name) -> settings dataclass, for every registered policy."""
         found: dict[str, type] = {}
         for name in self.names:
             settings = self.policy(name).Settings

@@ -67,7 +67,7 @@ class ThresholdRouter(Router):
         return batch.proposal_prm < self.threshold  # no feature matrix needed
 
     @classmethod
-    def fit(cls, settings: ThresholdSettings, data: TrainingData) -> Fitted:
+    def fit(cls, settings: ThresholdSettings, data: TrainingData, **groups: Any) -> Fitted:
         """The threshold with the best validation return (no environment steps)."""
         thresholds = check_thresholds(settings.thresholds)
         scores = [

@@ -1,6 +1,6 @@
 """What every entry point shares: the structured configs, strict scalars, run-dir claiming and exporting.
 
-- :func:`register_schemas` stores each registered kind's settings dataclass (``policy/<Class>``,
+- :func:`register_schemas` stores each registered kind's settings dataclass (``schema/policy/<Class>``,
   which ``conf/policy/<name>.yaml`` extends) and PPO's (``ppo/default``) in Hydra's ConfigStore;
   every ``main()`` calls it before Hydra composes, so OmegaConf checks types (``policy.bins=x``
   is an error naming the key) and the dataclasses are the only home of the defaults.
@@ -35,7 +35,7 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(group="ppo", name="default", node=PPOSettings)
     for name, settings in registry().schemas().items():
-        store.store(group="policy", name=name, node=settings)
+        store.store(group="schema/policy", name=name, node=settings)
 
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:

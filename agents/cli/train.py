@@ -82,10 +82,10 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     groups = {name: settings_of(cfg[name]) for name in policy_class.config_groups}
 
     data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
-    growth = {"grow": read_bool(cfg, "data.grow"), "persist": read_bool(cfg, "data.persist_growth"),
-              "source": growth_source(data_dir, cfg.data.backends)}
-    train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split, **growth)
-    test_trees = load_trees(path=str(data_dir), split=cfg.data.split, **growth)
+    grow, persist = read_bool(cfg, "data.grow"), read_bool(cfg, "data.persist_growth")
+    source = growth_source(data_dir, cfg.data.backends)
+    train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split, grow=grow, persist=persist, source=source)
+    test_trees = load_trees(path=str(data_dir), split=cfg.data.split, grow=grow, persist=persist, source=source)
     train_queries, validation_queries = split_validation(train_trees, float(cfg.validation_fraction))
     validation = train_trees.subset(validation_queries)
     resolved = OmegaConf.to_container(cfg, resolve=True)

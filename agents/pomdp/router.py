@@ -144,7 +144,7 @@ class PomdpRouter(Router):
         return (q_regenerate > q_continue).astype(np.int64)
 
     @classmethod
-    def fit(cls, settings: PomdpSettings, data: TrainingData) -> Fitted:
+    def fit(cls, settings: PomdpSettings, data: TrainingData, **groups: Any) -> Fitted:
         """Fit (or load the cached fit) on the training part of the train split, solve for λ."""
         from hydra.utils import to_absolute_path
 
