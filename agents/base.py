@@ -176,6 +176,6 @@ class Router(ABC):
         return write_router(directory, self.config)
 
     @classmethod
-    @abstractmethod
     def load(cls, directory: Path, config: dict[str, Any]) -> Router:
         """The router saved in ``directory``, whose checked ``config.json`` is ``config``."""
+        raise ValueError(f"{directory}: {cls.__name__} routers are not saved to directories (config.json kind {config.get('kind')!r})")
