@@ -166,3 +166,12 @@ def test_a_value_of_the_wrong_type_is_refused_when_the_config_is_composed(overri
     with pytest.raises((ConfigCompositionException, ValidationError)) as error:
         compose("config", overrides)
     assert key in f"{error.value} {error.value.__cause__}"
+
+
+@pytest.mark.parametrize(("override", "key"), [("data.n_queries=-5", "data.n_queries"), ("data.n_queries=abc", "data.n_queries"),
+                                               ("data.seed=-1", "data.seed")])
+def test_a_bad_simulated_selection_is_an_error_naming_its_key(override, key):
+    from agents.cli.evaluate import evaluate
+
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        evaluate(compose("evaluate", ["policy=thr", "data.preset=math500-qwen1.5b-7b", override]))

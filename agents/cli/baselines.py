@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines.suite import baseline_points, check_methods, fit_query_routers
 from agents.cli import config_dir
-from agents.cli.common import read_bool, read_int, register_schemas, run_dir
+from agents.cli.common import read_bool, read_int, read_simulated_selection, register_schemas, run_dir
 from trim_env.data import load_trees
 from trim_env.evaluation import anchor_points, write_results
 from trim_env.run_dirs import RunDirError
@@ -45,6 +45,8 @@ def training_split(cfg: DictConfig) -> RolloutTrees:
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Anchor points followed by every configured baseline's points on the configured split."""
     check_methods(list(cfg.methods))  # before the data is loaded
+    if cfg.data.preset is not None:
+        read_simulated_selection(cfg)
     trees = load_trees(
         path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
         grow=read_bool(cfg, "data.grow"), persist=read_bool(cfg, "data.persist_growth"),

@@ -88,6 +88,11 @@ def read_float(cfg: DictConfig, key: str, check: Callable[[float], bool], requir
     return number
 
 
+def read_simulated_selection(cfg: DictConfig) -> tuple[int, int]:
+    """``(data.seed, data.n_queries)`` for ``data.preset`` runs: a seed >= 0 and at least one query."""
+    return read_int(cfg, "data.seed", minimum=0), read_int(cfg, "data.n_queries", minimum=1)
+
+
 def read_cost_unit_tokens(cfg: DictConfig) -> float:
     """``env.cost_unit_tokens``: strong tokens per cost unit, a finite number > 0."""
     return read_float(cfg, "env.cost_unit_tokens", lambda x: x > 0, "a finite number > 0 (strong tokens per cost unit)")

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agents.cli import config_dir
-from agents.cli.common import read_bool, register_schemas, run_dir, settings_of
+from agents.cli.common import read_bool, read_simulated_selection, register_schemas, run_dir, settings_of
 from agents.registry import registry
 from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import anchor_points, make_point, reference, write_results
@@ -35,6 +35,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Points for the configured policy on the configured split (anchors first)."""
     policy_class = registry().policy(str(cfg.policy.name))
     settings = settings_of(cfg.policy)
+    if cfg.data.preset is not None:
+        read_simulated_selection(cfg)
     trees = load_trees(
         path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
         grow=read_bool(cfg, "data.grow"), persist=read_bool(cfg, "data.persist_growth"),
