@@ -52,9 +52,14 @@ def best_mean_pgr(sweep_dirs: list[Path], policy: str) -> tuple[float, float]:
     by_lambda: dict[float, list[float]] = defaultdict(list)
     for sweep_dir in sweep_dirs:
         for path in sweep_dir.rglob("results.json"):
-            for point in json.loads(path.read_text())["points"]:
-                if point["policy"] == policy:
-                    by_lambda[float(point["lambda"])].append(float(point["pgr"]))
+            try:
+                points = json.loads(path.read_text())["points"]
+                pgrs = [(float(p["lambda"]), float(p["pgr"])) for p in points if p["policy"] == policy]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                print(f"run_frontier.py: skipping unreadable {path} ({error!r})", file=sys.stderr, flush=True)
+                continue
+            for lam, pgr in pgrs:
+                by_lambda[lam].append(pgr)
     if not by_lambda:
         raise RuntimeError(f"no {policy} results under {[str(d) for d in sweep_dirs]}")
     lam, pgrs = max(by_lambda.items(), key=lambda item: sum(item[1]) / len(item[1]))
