@@ -42,6 +42,13 @@ class RouterSettings:
     name: str = "???"
     router: str = "???"
 
+    def check(self) -> RouterSettings:
+        """Refuse values the kind cannot use, with errors naming the ``policy.`` key; returns ``self``.
+
+        Entry points call it before loading any data; kinds with constraints override it.
+        """
+        return self
+
 
 @dataclass
 class TrainingData:

@@ -28,6 +28,10 @@ class ThresholdSettings(RouterSettings):
 
     thresholds: list[float] = field(default_factory=_default_thresholds)
 
+    def check(self) -> ThresholdSettings:
+        check_thresholds(self.thresholds)
+        return self
+
 
 def check_thresholds(thresholds: Any, key: str = "policy.thresholds") -> list[float]:
     """``thresholds`` as floats, refusing an empty list and values that are not finite numbers >= 0."""

@@ -33,6 +33,14 @@ class RandomSettings(RouterSettings):
     probabilities: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(21)])
     seed: int = 0
 
+    def check(self) -> RandomSettings:
+        for index, probability in enumerate(self.probabilities):
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"policy.probabilities[{index}] = {probability} must be in [0, 1]")
+        if self.seed < 0:
+            raise ValueError(f"policy.seed = {self.seed} must be >= 0")
+        return self
+
 
 class RandomRouter(Router):
     """Regenerate each step with probability ``probability`` (0: weak-only; 1: regenerate all).

@@ -34,7 +34,7 @@ OUTPUTS = ["results.json"]
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Points for the configured policy on the configured split (anchors first)."""
     policy_class = registry().policy(str(cfg.policy.name))
-    settings = settings_of(cfg.policy)
+    settings = settings_of(cfg.policy).check()
     if cfg.data.preset is not None:
         read_simulated_selection(cfg)
     trees = load_trees(

@@ -78,8 +78,8 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if cfg.data.preset is not None:
         raise ValueError("trim-train trains on cached trees: give data.path (or nothing for the default data), not data.preset")
     policy_class = registry().policy(str(cfg.policy.name))
-    settings = settings_of(cfg.policy)
-    groups = {name: settings_of(cfg[name]) for name in policy_class.config_groups}
+    settings = settings_of(cfg.policy).check()
+    groups = {name: settings_of(cfg[name]).check() for name in policy_class.config_groups}
 
     data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
     grow, persist = read_bool(cfg, "data.grow"), read_bool(cfg, "data.persist_growth")
