@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.baselines.suite import baseline_points, check_methods, fit_query_routers
 from agents.cli import config_dir
-from agents.cli.common import read_bool, read_int, read_simulated_selection, register_schemas, run_dir
+from agents.cli.common import (
+    read_bool,
+    read_int,
+    read_simulated_selection,
+    register_schemas,
+    run_dir,
+)
 from trim_env.data import load_trees
 from trim_env.evaluation import anchor_points, write_results
 from trim_env.run_dirs import RunDirError

@@ -20,7 +20,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agents.cli import config_dir
-from agents.cli.common import read_bool, read_simulated_selection, register_schemas, run_dir, settings_of
+from agents.cli.common import (
+    read_bool,
+    read_simulated_selection,
+    register_schemas,
+    run_dir,
+    settings_of,
+)
 from agents.registry import registry
 from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import anchor_points, make_point, reference, write_results
