@@ -1,28 +1,151 @@
-"""The routing-policy protocol and the registry of named policies.
+"""The router plugin shape: decide on observations, fit on a train split, save and load a directory.
 
-A router decides, at each proposed weak step, to continue (0) or regenerate with the strong model
-(1). Adding a router is one class and one ``@register_router("name")`` line.
+Every router kind (TRIM-Thr, TRIM-Agg/Seq, TRIM-POMDP, the step-level baselines, ...) is one
+:class:`Router` subclass with:
+
+- ``Settings``: a dataclass, registered as a Hydra structured config (``schema/policy/<Class>``),
+  that is the single home of the kind's defaults; ``conf/policy/<name>.yaml`` names the class
+  (``router: module:Class``) and sets only what that policy changes;
+- :meth:`Router.predict` on a batch of the observations a deployed router sees (``agg`` or ``seq``,
+  :mod:`trim_env.features`);
+- :meth:`Router.fit` on a :class:`TrainingData` (the train split, its training part and its
+  validation part), returning a :class:`Fitted` router and what fitting measured;
+- :meth:`Router.save` / :meth:`Router.load` of a self-describing directory (``config.json``:
+  format version, kind, settings, λ, cost unit, data identity; see :mod:`agents.export`);
+- optionally :meth:`Router.sweep`, the points a kind gives without training (e.g. one per threshold).
+
+Entry points find a kind through :mod:`agents.registry`, never by name in an if/elif ladder.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from trim_env.evaluation import DecisionBatch
+from trim_env.evaluation import DecisionBatch, Outcomes
+from trim_env.tree import RolloutTrees
+
+
+@dataclass
+class RouterSettings:
+    """Fields every policy config has; each kind's settings dataclass extends it.
+
+    :param name: the policy name (``policy=<name>``), recorded as ``policy`` in results and exports.
+    :param router: ``module:Class`` of the :class:`Router` implementing the policy.
+    """
+
+    name: str = "???"
+    router: str = "???"
+
+    def check(self) -> RouterSettings:
+        """Refuse values the kind cannot use, with errors naming the ``policy.`` key; returns ``self``.
+
+        Entry points call it before loading any data; kinds with constraints override it.
+        """
+        return self
+
+
+@dataclass
+class TrainingData:
+    """What a router is fitted on: a train split, its training part and its validation part.
+
+    :param trees: the train split.
+    :param train_queries: query indices of ``trees`` to fit on.
+    :param validation: the rest of the train split, as its own trees (choose checkpoints/thresholds here).
+    :param lam: cost weight λ (per ``cost_unit_tokens`` strong tokens).
+    :param cost_unit_tokens: strong tokens per cost unit (> 0).
+    :param seed: seeds everything random in fitting.
+    :param dataset_content_hash: the dataset's content hash (manifest), the data's identity.
+    :param split: the split ``trees`` is.
+    :param progress_bar: show a progress bar while training.
+    :param log: called with a dict of metrics and a step count during training (experiment tracker).
+    """
+
+    trees: RolloutTrees
+    train_queries: np.ndarray
+    validation: RolloutTrees
+    lam: float
+    cost_unit_tokens: float
+    seed: int
+    dataset_content_hash: str
+    split: str
+    progress_bar: bool = False
+    log: Callable[[dict[str, float], int], None] | None = None
+
+    @property
+    def data_key(self) -> str:
+        """The data's identity as one string: ``<content hash>/<split>``."""
+        return f"{self.dataset_content_hash}/{self.split}"
+
+    def identity(self, settings: RouterSettings) -> dict[str, Any]:
+        """The fields every exported router records: policy, λ, cost unit, data and settings."""
+        return {"policy": settings.name, "lambda": self.lam, "cost_unit_tokens": self.cost_unit_tokens,
+                "dataset_content_hash": self.dataset_content_hash, "train_split": self.split, "settings": asdict(settings)}
+
+
+@dataclass
+class Fitted:
+    """A fitted router and what fitting measured.
+
+    :param router: the router, ready to :meth:`Router.save`.
+    :param summary: figures for the results point (``validation_objective``, ``train_wall_time_s``,
+        ``env_steps``, and kind-specific ones).
+    :param history: per-evaluation training records (written as ``training_history.json``), if any.
+    """
+
+    router: Router
+    summary: dict[str, Any]
+    history: list[dict[str, float]] | None = None
+
+
+@dataclass
+class SweepPoint:
+    """One point a kind gives without training: its label, parameter and outcomes on the split."""
+
+    label: str
+    parameter: Any
+    outcomes: Outcomes
+
+
+class PolicyKind(Protocol):
+    """What the registry maps a policy name to: a :class:`Router` subclass, or a class with the
+    same three class-level members (e.g. :class:`agents.export.SavedRouter`, which evaluates an
+    exported router and trains nothing)."""
+
+    Settings: ClassVar[type[RouterSettings] | None]
+    config_groups: ClassVar[dict[str, type]]
+
+    @classmethod
+    def fit(cls, settings: Any, data: TrainingData, **groups: Any) -> Fitted: ...
+
+    @classmethod
+    def sweep(cls, settings: Any, trees: RolloutTrees) -> list[SweepPoint]: ...
 
 
 class Router(ABC):
-    """A step-level routing policy usable by the batch evaluator and the environment.
+    """A step-level routing policy: at each proposed weak step, continue (0) or regenerate (1).
 
-    Subclasses read one observation kind (``"agg"`` or ``"seq"``, see :mod:`trim_env.features`)
-    and implement :meth:`predict` on a batch of such observations.
+    :param config: the router's self-description (what :meth:`save` writes as ``config.json``;
+        what :meth:`load` read), empty for a router built by hand.
     """
 
+    #: The exported ``config.json`` field ``kind`` that loads with this class.
+    kind: ClassVar[str] = ""
     #: Which observation the router reads: ``"agg"`` or ``"seq"``.
     observation_kind: ClassVar[str] = "agg"
+    #: The settings dataclass of the kind (its structured config); ``None``: not configurable.
+    Settings: ClassVar[type[RouterSettings] | None] = None
+    #: Further config groups :meth:`fit` reads (group name -> settings dataclass, e.g. ``ppo``);
+    #: the entry point passes each as a keyword argument of that name.
+    config_groups: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config: dict[str, Any] = dict(config or {})
 
     @abstractmethod
     def predict(self, observations: np.ndarray) -> np.ndarray:
@@ -37,24 +160,29 @@ class Router(ABC):
         """Action for one environment observation."""
         return int(self.predict(observation[None])[0])
 
+    # -- plugin lifecycle -------------------------------------------------------------------------
 
-ROUTERS: dict[str, Callable[..., Router]] = {}
+    @classmethod
+    def fit(cls, settings: Any, data: TrainingData, **groups: Any) -> Fitted:
+        """Fit a router of this kind on ``data`` with ``settings`` (an instance of :attr:`Settings`)
+        and the :attr:`config_groups` settings as keyword arguments."""
+        raise ValueError(f"policy {getattr(settings, 'name', cls.__name__)!r} cannot be trained")
 
+    @classmethod
+    def sweep(cls, settings: Any, trees: RolloutTrees) -> list[SweepPoint]:
+        """The points this kind gives on ``trees`` without training (e.g. one per threshold)."""
+        raise ValueError(
+            f"policy {getattr(settings, 'name', cls.__name__)!r} has no untrained sweep: train it (trim-train) and evaluate "
+            "the exported router with policy=router policy.path=OUT/router"
+        )
 
-def register_router(name: str) -> Callable[[Callable[..., Router]], Callable[..., Router]]:
-    """Class decorator adding a router to :data:`ROUTERS` under ``name``."""
+    def save(self, directory: str | Path) -> Path:
+        """Write the router to ``directory``: ``config.json`` (:attr:`config`) plus the kind's own files."""
+        from agents.export import write_router
 
-    def add(factory: Callable[..., Router]) -> Callable[..., Router]:
-        if name in ROUTERS:
-            raise ValueError(f"router name {name!r} is already registered")
-        ROUTERS[name] = factory
-        return factory
+        return write_router(directory, self.config)
 
-    return add
-
-
-def make_router(name: str, **kwargs: Any) -> Router:
-    """Build the registered router ``name`` with ``kwargs``."""
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; registered: {sorted(ROUTERS)}")
-    return ROUTERS[name](**kwargs)
+    @classmethod
+    def load(cls, directory: Path, config: dict[str, Any]) -> Router:
+        """The router saved in ``directory``, whose checked ``config.json`` is ``config``."""
+        raise ValueError(f"{directory}: {cls.__name__} routers are not saved to directories (config.json kind {config.get('kind')!r})")

@@ -1,30 +1,34 @@
-"""Exported routers: a directory with weights (safetensors) and a JSON config, loadable with torch alone.
+"""Exported routers: a self-describing directory, loaded through the registry with torch alone.
 
 Layout of an exported router directory::
 
-    config.json        format version, policy name and kind, feature spec and scaling, lambda,
-                       cost unit, dataset content hash, trim version, network shape
-    model.safetensors  the actor's weights (learned routers only)
+    config.json           format version, kind (which class loads it), policy name, settings,
+                          feature spec and scaling, lambda, cost unit, dataset content hash and
+                          split, trim version, and the kind's own fields (e.g. network shape)
+    training_queries.json the ids of the queries the router was fitted on (data identity)
+    ...                   the kind's own files (model.safetensors, pomdp_model.json, ...)
 
-:func:`load_router` imports neither stable-baselines3 nor Hydra.
+:func:`load_router` reads ``config.json``, checks format and features, and hands the directory to
+the class the registry (:mod:`agents.registry`) names for its ``kind``. It imports neither
+stable-baselines3 nor Hydra. :class:`SavedRouter` is the ``policy=router`` entry of the registry:
+it evaluates an exported directory.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import trim_env
-from agents.base import Router
-from agents.networks import ActorNetwork
-from agents.threshold import ThresholdRouter
-from trim_env import features
-from trim_env.tree import MAX_STEPS
+from agents.base import Fitted, Router, RouterSettings, SweepPoint, TrainingData
+from trim_env import atomic, features
+from trim_env.evaluation import run_episodes
+from trim_env.tree import MAX_STEPS, RolloutTrees
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -45,36 +49,28 @@ def feature_spec() -> dict[str, Any]:
     }
 
 
-class ActorRouter(Router):
-    """A learned router: argmax of an :class:`~agents.networks.ActorNetwork`'s action logits."""
-
-    def __init__(self, network: ActorNetwork, observation: str) -> None:
-        self.network = network.eval()
-        self.observation_kind = observation  # type: ignore[misc]
-
-    @torch.no_grad()
-    def predict(self, observations: np.ndarray) -> np.ndarray:
-        logits = self.network(torch.as_tensor(np.asarray(observations, dtype=np.float32)))
-        return logits.argmax(-1).numpy()
-
-
 def write_router(directory: str | Path, config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``config.json`` (completed with format, feature spec and version) and optional weights."""
+    """Write ``config.json`` (completed with format, feature spec and version) and optional weights.
+
+    Each file is written atomically; :func:`agents.cli.common.export_router` swaps a whole new
+    directory in, so no file of an older router survives beside the new one.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if "kind" not in config:
+        raise ValueError(f"router config for {directory} has no field kind (which class loads it)")
     full = {"format": "trim-router", "format_version": FORMAT_VERSION, "trim_version": trim_env.__version__,
             "feature_spec": feature_spec(), **config}
     if weights is not None:
-        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in weights.items()}, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in weights.items()}
+        atomic.write_atomic(directory / WEIGHTS_FILE, lambda scratch: save_file(tensors, str(scratch)))
+    atomic.write_json(directory / CONFIG_FILE, full)
     return directory
 
 
 def write_training_queries(directory: str | Path, query_ids: list[str]) -> Path:
     """Record the identity of a router's training data: the ids of every query it saw."""
-    path = Path(directory) / TRAINING_QUERIES_FILE
-    path.write_text(json.dumps({"query_ids": sorted(query_ids)}) + "\n")
-    return path
+    return atomic.write_text(Path(directory) / TRAINING_QUERIES_FILE, json.dumps({"query_ids": sorted(query_ids)}) + "\n")
 
 
 def check_not_trained_on(directory: str | Path, query_ids: list[str], allow: bool = False) -> None:
@@ -101,35 +97,6 @@ def check_not_trained_on(directory: str | Path, query_ids: list[str], allow: boo
         )
 
 
-def _load_actor(directory: Path, config: dict[str, Any]) -> Router:
-    network_config = config["network"]
-    network = ActorNetwork(
-        config["observation"],
-        network_config["observation_dim"],
-        network_config["hidden"],
-        network_config["activation"],
-        network_config.get("seq"),
-    )
-    weights_path = directory / WEIGHTS_FILE
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path}: missing; the router directory is incomplete")
-    try:
-        network.load_state_dict(load_file(str(weights_path)))
-    except RuntimeError as error:
-        raise ValueError(
-            f"{weights_path}: weights do not fit the network in {directory / CONFIG_FILE} (field network = {network_config}): {error}"
-        ) from error
-    return ActorRouter(network, config["observation"])
-
-
-def _load_threshold(directory: Path, config: dict[str, Any]) -> Router:
-    return ThresholdRouter(config["threshold"])
-
-
-#: Loader for each router kind recorded in ``config.json``.
-LOADERS: dict[str, Callable[[Path, dict[str, Any]], Router]] = {"actor": _load_actor, "threshold": _load_threshold}
-
-
 def read_router_config(path: str | Path) -> dict[str, Any]:
     """Read and check an exported router's ``config.json``."""
     directory = Path(path)
@@ -150,17 +117,55 @@ def read_router_config(path: str | Path) -> dict[str, Any]:
             f"{config_path}: field feature_spec differs from this trim's features ({feature_spec()}); "
             "the router was trained on other observations and would be fed the wrong inputs"
         )
-    if config.get("kind") not in LOADERS:
-        raise ValueError(f"{config_path}: field kind = {config.get('kind')!r}; known kinds: {sorted(LOADERS)}")
     return config
 
 
 def load_router(path: str | Path) -> Router:
     """Load an exported router directory as a :class:`~agents.base.Router`.
 
-    :param path: the directory written by ``train.py`` (``OUT/router``).
+    :param path: the directory written by ``trim-train`` (``OUT/router``).
+    :returns: the router of the class the registry names for the directory's ``kind``; its
+        ``config`` is the directory's ``config.json``.
     """
-    config = read_router_config(path)
-    router = LOADERS[config["kind"]](Path(path), config)
-    router.config = config  # type: ignore[attr-defined]
-    return router
+    from agents.registry import RegistryError, registry
+
+    directory = Path(path)
+    config = read_router_config(directory)
+    try:
+        router_class = registry().loader(str(config.get("kind")))
+    except RegistryError as error:
+        raise ValueError(f"{directory / CONFIG_FILE}: {error}") from None
+    return router_class.load(directory, config)
+
+
+@dataclass
+class SavedRouterSettings(RouterSettings):
+    """``policy=router`` (evaluation only): an exported router directory.
+
+    :param path: the directory written by ``trim-train`` into ``OUT/router``.
+    :param allow_training_queries: score it on queries it was trained on anyway (refused by default).
+    """
+
+    path: str = "???"
+    allow_training_queries: bool = False
+
+
+class SavedRouter:
+    """The ``router`` policy: evaluates an exported router; there is nothing to train."""
+
+    Settings: ClassVar[type[RouterSettings] | None] = SavedRouterSettings
+    config_groups: ClassVar[dict[str, type]] = {}
+
+    @classmethod
+    def fit(cls, settings: SavedRouterSettings, data: TrainingData, **groups: Any) -> Fitted:
+        raise ValueError(
+            f"policy.name {settings.name!r} evaluates an exported router (trim-evaluate policy=router policy.path=DIR); "
+            "trim-train trains the other policies"
+        )
+
+    @classmethod
+    def sweep(cls, settings: SavedRouterSettings, trees: RolloutTrees) -> list[SweepPoint]:
+        """One point: the exported router on ``trees`` (refused on its own training queries unless allowed)."""
+        check_not_trained_on(settings.path, trees.query_id, settings.allow_training_queries)
+        router = load_router(settings.path)
+        return [SweepPoint(f"router:{router.config['policy']}", router.config.get("lambda"), run_episodes(trees, router))]

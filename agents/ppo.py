@@ -1,4 +1,4 @@
-"""TRIM-Agg and TRIM-Seq: PPO routers trained on the step-routing environment.
+"""TRIM-Agg and TRIM-Seq: PPO training of the actor routers (:class:`agents.actor.ActorRouter`).
 
 One path from settings to an exported router: build vectorised envs over the training queries,
 train stable-baselines3 PPO (MLP actor-critic over the Agg features, or a transformer feature
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,62 +22,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.export import ActorRouter
+from agents.actor import PPOSettings
 from agents.extractors import SeqTransformerExtractor
 from agents.networks import ActorNetwork
 from trim_env.evaluation import DecisionBatch, run_episodes, validation_objective
 from trim_env.tree import RolloutTrees
 from trim_env.vec_env import StepRoutingVecEnv
-
-
-@dataclass
-class PPOSettings:
-    """PPO settings for routing (short undiscounted episodes)."""
-
-    #: Environment steps (routing decisions) to train for.
-    total_timesteps: int = 150_000
-    #: Parallel episodes of the batched env, each walking the training queries in its own seeded
-    #: order. Many episodes per step amortise the per-step array work and the batched growth of
-    #: missing nodes (64 x 32 steps = the same 2,048 decisions per rollout as 8 x 256).
-    n_envs: int = 64
-    #: Steps per env per rollout.
-    n_steps: int = 32
-    batch_size: int = 256
-    n_epochs: int = 5
-    learning_rate: float = 3e-4
-    #: No discounting: the reward for the answer arrives at the end of a short episode.
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    #: Entropy bonus, decayed linearly from start to end over training.
-    ent_coef_start: float = 0.02
-    ent_coef_end: float = 0.0
-    #: Share of training over which the env's λ rises linearly from 0 to its target. With the full
-    #: λ from the start, the random initial policy's regenerations cost more than they gain, and at
-    #: λ >= 0.015 PPO can settle on never regenerating before it learns where regenerating pays.
-    lambda_warmup_fraction: float = 0.3
-    #: Evaluate on the validation queries every this many steps.
-    eval_every: int = 10_000
-    device: str = "cpu"
-    #: Torch threads. One is fastest for these small networks on a 2-core machine; more threads
-    #: wait on each other whenever another process holds a core.
-    torch_threads: int = 1
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PPOSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ppo setting(s) {unknown}; known: {sorted(known)}")
-        settings = cls(**values)
-        if not 0.0 <= settings.lambda_warmup_fraction < 1.0:
-            raise ValueError(f"ppo.lambda_warmup_fraction = {settings.lambda_warmup_fraction} must be in [0, 1)")
-        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "torch_threads"):
-            if getattr(settings, name) < 1:
-                raise ValueError(f"ppo.{name} = {getattr(settings, name)} must be at least 1")
-        return settings
 
 
 @dataclass
@@ -110,6 +61,8 @@ class TrainResult:
     best: dict[str, float]
     wall_time_s: float
     env_steps: int
+    #: Length of the flattened observation the actor reads.
+    observation_dim: int
 
 
 def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNetwork:
@@ -142,6 +95,7 @@ class _TrainingCallback(BaseCallback):
     def __init__(
         self,
         settings: PPOSettings,
+        total_timesteps: int,
         validation: RolloutTrees,
         observation: str,
         lam: float,
@@ -150,6 +104,7 @@ class _TrainingCallback(BaseCallback):
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.total_timesteps = total_timesteps
         self.validation = validation
         self.observation = observation
         self.lam = lam
@@ -162,7 +117,7 @@ class _TrainingCallback(BaseCallback):
         self.started = time.perf_counter()
 
     def _on_step(self) -> bool:
-        progress = min(1.0, self.num_timesteps / self.settings.total_timesteps)
+        progress = min(1.0, self.num_timesteps / self.total_timesteps)
         self.model.ent_coef = self.settings.ent_coef_start + (self.settings.ent_coef_end - self.settings.ent_coef_start) * progress
         warmup = self.settings.lambda_warmup_fraction
         self.training_env.set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
@@ -210,6 +165,7 @@ def train_router(
     validation: RolloutTrees,
     spec: PolicySpec,
     settings: PPOSettings,
+    total_timesteps: int,
     lam: float,
     cost_unit_tokens: float,
     seed: int,
@@ -223,6 +179,7 @@ def train_router(
     :param validation: the validation queries as their own trees (for the batch evaluator).
     :param spec: network shape and observation kind.
     :param settings: PPO settings.
+    :param total_timesteps: environment steps (routing decisions) to train for.
     :param lam: cost weight λ (per ``cost_unit_tokens`` strong tokens).
     :param cost_unit_tokens: the env's cost unit.
     :param seed: seeds torch, numpy, PPO and the envs.
@@ -250,9 +207,9 @@ def train_router(
         device=settings.device,
         verbose=0,
     )
-    callback = _TrainingCallback(settings, validation, spec.observation, lam, cost_unit_tokens, log)
+    callback = _TrainingCallback(settings, total_timesteps, validation, spec.observation, lam, cost_unit_tokens, log)
     started = time.perf_counter()
-    model.learn(total_timesteps=settings.total_timesteps, callback=CallbackList([callback]), progress_bar=progress_bar)
+    model.learn(total_timesteps=total_timesteps, callback=CallbackList([callback]), progress_bar=progress_bar)
     wall_time = time.perf_counter() - started
     env.close()
     if callback.best_state is not None:
@@ -265,8 +222,6 @@ def train_router(
         best=callback.best,
         wall_time_s=wall_time,
         env_steps=int(model.num_timesteps),
+        observation_dim=observation_dim,
     )
 
-
-def actor_router(result: TrainResult, spec: PolicySpec) -> ActorRouter:
-    return ActorRouter(result.actor, spec.observation)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from agents.base import Router
-from agents.export import ActorRouter
+from agents.actor import ActorRouter
 from agents.networks import ActorNetwork
 from agents.threshold import ThresholdRouter
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps

@@ -26,7 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from agents.cli.common import compose
+from trim_env import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A grid stops being extended once its best point recovers this much of the gap...
@@ -51,9 +52,14 @@ def best_mean_pgr(sweep_dirs: list[Path], policy: str) -> tuple[float, float]:
     by_lambda: dict[float, list[float]] = defaultdict(list)
     for sweep_dir in sweep_dirs:
         for path in sweep_dir.rglob("results.json"):
-            for point in json.loads(path.read_text())["points"]:
-                if point["policy"] == policy:
-                    by_lambda[float(point["lambda"])].append(float(point["pgr"]))
+            try:
+                points = json.loads(path.read_text())["points"]
+                pgrs = [(float(p["lambda"]), float(p["pgr"])) for p in points if p["policy"] == policy]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                print(f"run_frontier.py: skipping unreadable {path} ({error!r})", file=sys.stderr, flush=True)
+                continue
+            for lam, pgr in pgrs:
+                by_lambda[lam].append(pgr)
     if not by_lambda:
         raise RuntimeError(f"no {policy} results under {[str(d) for d in sweep_dirs]}")
     lam, pgrs = max(by_lambda.items(), key=lambda item: sum(item[1]) / len(item[1]))
@@ -108,14 +114,14 @@ def main() -> None:
     stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
     stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
     for policy in args.policies:
-        config = OmegaConf.load(ROOT / "conf" / "policy" / f"{policy}.yaml")
+        config = compose("config", [f"policy={policy}"]).policy  # with the settings dataclass's defaults
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
         seeds = args.seeds if config.get("total_timesteps") is not None else args.seeds[:1]
         sweep_policy(policy, [float(v) for v in config.sweep_lambdas], seeds, runs, data, times)
-    stage("report", [python, "scripts/frontier.py", str(runs), "--out", str(out), "--real-reference"], times)
+    stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", "real_reference=packaged"], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
-    (out / "study_times.json").write_text(json.dumps({"stages_s": times, "total_s": total}, indent=2) + "\n")
+    atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total})
 
 
 if __name__ == "__main__":

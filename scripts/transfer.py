@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from frontier import summarize_methods  # scripts/frontier.py: the report's own frontier summary
+from agents.cli.frontier import summarize_methods
 from omegaconf import DictConfig, OmegaConf
 
 from agents import load_router

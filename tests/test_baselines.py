@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from agents import make_router
+from agents.registry import make_router
 from agents.baselines.oracle import lambda_grid, regenerate_is_better, run_oracle
 from agents.baselines.query_level import (
     ALWAYS_ESCALATE,
@@ -281,7 +281,7 @@ def test_baselines_cli_writes_results_that_frontier_gathers(tiny_dataset_dir, tm
     points = json.loads((out / "results.json").read_text())["points"]
     assert [p["policy"] for p in points[:2]] == ["weak-only", "strong-only"]
     assert {p["policy"] for p in points[2:]} == {"random", "automix-min", "automix-last", "classifier", "knn", "oracle"}
-    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "frontier.py"), str(out), "--out", str(tmp_path / "rep")],
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "frontier.py"), f"paths=[{out}]", f"out={tmp_path / 'rep'}"],
                             check=False, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "| oracle |" in (tmp_path / "rep" / "frontier.md").read_text()

@@ -10,7 +10,6 @@ random-weight Qwen2.5-Math-PRM-shaped PRM, collection → loading → the env �
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -179,15 +178,12 @@ def test_a_chain_continued_after_a_truncated_step_is_not_rewritten_twice(tmp_pat
 
 
 def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_path: Path):
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from agents.cli.common import compose  # noqa: PLC0415
+    from agents.cli.train import train  # noqa: PLC0415
 
     out, _ = scripted_dataset
-    spec = importlib.util.spec_from_file_location("trim_train_for_collect", ROOT / "train.py")
-    train_module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(train_module)  # type: ignore[union-attr]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_collect"):
-        cfg = compose(config_name="config", overrides=["policy=thr", f"data.path={out}", "progress_bar=false"])
-    results = train_module.train(cfg, tmp_path)
+    cfg = compose("config", ["policy=thr", f"data.path={out}", "progress_bar=false"])
+    results = train(cfg, tmp_path)
     assert [point["policy"] for point in results["points"]][-1] == "thr"
     assert (tmp_path / "router" / "config.json").exists()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents import make_router
+from agents.registry import make_router
 from trim_env import data as data_module
 from trim_env.evaluation import anchor_points, reference, run_episodes, run_thresholds
 from trim_env.simulate import SimulatedTrees, SimulatorParams, generate_dataset

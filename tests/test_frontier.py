@@ -7,17 +7,16 @@ strong tokens.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from agents.cli import frontier
 from trim_env import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,15 +24,6 @@ WEAK, STRONG, STRONG_TOKENS = 0.4, 0.8, 500.0
 REFERENCE = metrics.Reference(weak_accuracy=WEAK, strong_accuracy=STRONG, strong_tokens_per_query=STRONG_TOKENS)
 
 
-def _load_frontier_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trim_frontier_script", ROOT / "scripts" / "frontier.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-frontier = _load_frontier_script()
 
 
 def point(policy: str, cost: float, pgr: float, **extra: Any) -> dict[str, Any]:
@@ -52,10 +42,10 @@ def write_results(directory: Path, points: list[dict[str, Any]]) -> Path:
     return path
 
 
-def run_report(tmp_path: Path, *arguments: str) -> tuple[str, dict[str, Any]]:
-    """Run the command line on ``arguments``; returns frontier.md and the parsed frontier.json."""
+def run_report(tmp_path: Path, *paths: str, **options: Any) -> tuple[str, dict[str, Any]]:
+    """Write the report of ``paths`` (options: baseline, real_reference, title); returns frontier.md and the parsed frontier.json."""
     out = tmp_path / "report"
-    frontier.main([*arguments, "--out", str(out)])
+    frontier.write_report(list(paths), out, **options)
     return (out / "frontier.md").read_text(), json.loads((out / "frontier.json").read_text())
 
 
@@ -176,7 +166,7 @@ def test_mean_delta_ibc_is_left_out_when_the_ranges_do_not_overlap(tmp_path: Pat
 def test_matched_cost_compares_only_inside_the_baselines_measured_range(tmp_path: Path) -> None:
     thr = [point("thr", 0.1, 0.3, parameter=0.1), point("thr", 0.5, 0.7, parameter=0.5)]
     agg = [point("agg", 0.3, 0.6, **{"lambda": 0.01}), point("agg", 0.8, 0.9, **{"lambda": 0.002})]
-    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", thr + agg)), "--baseline", "thr")
+    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", thr + agg)), baseline="thr")
     inside, outside = report["matched_cost"]["agg"]["points"]
     assert inside["baseline_accuracy"] == pytest.approx(WEAK + 0.4 * 0.5)  # halfway from (0.1, 0.3) to (0.5, 0.7)
     assert outside["baseline_accuracy"] is None
@@ -248,7 +238,7 @@ def test_the_report_fails_with_a_clear_message_only_when_nothing_usable_remains(
     elif setup == "only_anchors":
         write_results(target.parent, [])
     with pytest.raises(SystemExit) as exit_info:
-        frontier.main([str(target if setup != "missing_path" else tmp_path / "nowhere"), "--out", str(tmp_path / "report")])
+        frontier.write_report([str(target if setup != "missing_path" else tmp_path / "nowhere")], tmp_path / "report")
     assert "frontier.py: error:" in str(exit_info.value) and message in str(exit_info.value)
     assert not (tmp_path / "report").exists()
 
@@ -259,7 +249,7 @@ def test_anchors_that_differ_across_files_are_an_error(tmp_path: Path) -> None:
     other.parent.mkdir()
     other.write_text(json.dumps({"points": [point("weak-only", 0.0, 0.1), point("strong-only", 1.0, 1.0)]}))
     with pytest.raises(SystemExit, match="weak-only accuracy .* differs .* different splits"):
-        frontier.main([str(first), str(other), "--out", str(tmp_path / "report")])
+        frontier.write_report([str(first), str(other)], tmp_path / "report")
 
 
 def test_outputs_are_replaced_atomically_and_no_temporary_file_is_left(tmp_path: Path) -> None:
@@ -359,12 +349,9 @@ def _real_reference_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("given", ["absent", "packaged", "file"])
 def test_the_real_overlay_is_drawn_only_when_asked_and_labelled_as_real(tmp_path: Path, given: str) -> None:
-    arguments = [str(write_results(tmp_path / "run", SHORT))]
-    if given == "packaged":
-        arguments.append("--real-reference")  # no value: the file shipped in trim_env/references/
-    elif given == "file":
-        arguments += ["--real-reference", str(_real_reference_file(tmp_path))]
-    markdown, report = run_report(tmp_path, *arguments)
+    options = {"packaged": {"real_reference": "packaged"},  # the file shipped in trim_env/references/
+               "file": {"real_reference": str(_real_reference_file(tmp_path))}}.get(given, {})
+    markdown, report = run_report(tmp_path, str(write_results(tmp_path / "run", SHORT)), **options)
     assert "simulated, not real model results" in markdown
     if given == "absent":
         assert report["real_reference"] is None and "is real" not in markdown
@@ -389,7 +376,7 @@ def test_a_bad_real_reference_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "real.json"
     bad.write_text(json.dumps({"math500_weak_only": {"accuracy": 0.3}}))
     with pytest.raises(SystemExit, match="real reference .*real.json: missing or invalid field 'math500_strong_only'"):
-        frontier.main([str(write_results(tmp_path / "run", SHORT)), "--real-reference", str(bad), "--out", str(tmp_path / "report")])
+        frontier.write_report([str(write_results(tmp_path / "run", SHORT))], tmp_path / "report", real_reference=str(bad))
 
 
 def test_the_packaged_reference_is_the_one_calibration_reads() -> None:

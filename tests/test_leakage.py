@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from agents.base import Router
-from agents.export import ActorRouter
+from agents.actor import ActorRouter
 from agents.networks import ActorNetwork
 from agents.pomdp.model import fit_model, uniform_bin_edges
 from agents.pomdp.router import solve_router

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from scipy.special import expit, logit, ndtr
 from scipy.stats import beta
 
+from agents.cli.common import compose
+from agents.cli.train import train
 from agents.export import load_router
 from agents.pomdp.belief import bayes_filter, per_step_belief
 from agents.pomdp.model import (
@@ -92,7 +93,7 @@ def exhaustive_q(model: PomdpModel, emissions: Emissions, step: int, belief: np.
                  cap: int | None) -> tuple[float, float]:
     """Exact (Q_continue, Q_regenerate before cost) at a belief over (S0, S1, S2)."""
     costs = exhaustive_q.costs  # type: ignore[attr-defined]
-    reward = lambda c: c * model.final_correct_clean + (1 - c) * model.final_correct_derailed  # noqa: E731
+    reward = lambda c: c * model.final_correct_clean + (1 - c) * model.final_correct_derailed
     h_w, h_s, p_s = model.weak_hazard[step - 1], model.strong_hazard[step - 1], model.strong_step_accuracy
     q_continue = h_w * reward(belief[0]) + (1 - h_w) * exhaustive_value(model, emissions, costs, step + 1, belief[0], used, cap)
     if cap is not None and used >= cap:
@@ -334,7 +335,7 @@ def simulate_pomdp(router: PomdpRouter, episodes: int, seed: int) -> np.ndarray:
     token_edges = model.token_edges
     token_values = np.append((token_edges[:-2] + token_edges[1:-1]) / 2, token_edges[-2] + 10.0)
     emissions = planning_emissions(model.observation, model.horizon, joint=False, observe_rewrite=True)
-    draw = lambda table: (rng.random(len(table))[:, None] > np.cumsum(table, axis=1)).sum(axis=1)  # noqa: E731
+    draw = lambda table: (rng.random(len(table))[:, None] > np.cumsum(table, axis=1)).sum(axis=1)
     seq = np.zeros((episodes, MAX_STEPS, 4), dtype=np.float32)
     clean = np.ones(episodes, dtype=bool)
     used = np.zeros(episodes, dtype=np.int64)
@@ -479,24 +480,18 @@ def subprocess_env() -> dict[str, str]:
 
 
 def test_train_solves_exports_and_evaluate_reproduces_the_point(tiny_dataset_dir, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("trim_train_script_pomdp", ROOT / "train.py")
-    train_script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(train_script)  # type: ignore[union-attr]
     arguments = ["policy=pomdp", "lambda=0.01", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "progress_bar=false",
                  f"policy.model_cache_dir={tmp_path / 'cache'}", "policy.grid_size=501"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_pomdp"):
-        cfg = compose(config_name="config", overrides=arguments)
+    cfg = compose("config", arguments)
     out = tmp_path / "run"
     out.mkdir()
-    results = train_script.train(cfg, out)
+    results = train(cfg, out)
     (out / "results.json").write_text(json.dumps(results) + "\n")
     point = results["points"][-1]
     assert point["policy"] == "pomdp" and point["env_steps"] == 0 and point["model_from_cache"] is False
     assert 0 < point["solve_time_s"] <= point["train_wall_time_s"] and np.isfinite(point["validation_objective"])
     assert len(list((tmp_path / "cache").glob("pomdp-model-*.json"))) == 1
-    again = train_script.train(cfg, tmp_path / "again")["points"][-1]
+    again = train(cfg, tmp_path / "again")["points"][-1]
     assert again["model_from_cache"] is True and again["accuracy"] == point["accuracy"]
 
     result = subprocess.run(

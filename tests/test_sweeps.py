@@ -27,7 +27,9 @@ def _sweep(prefix: list[str], sweep_dir: Path, data_dir: Path, *overrides: str) 
 
 def _check_two_results(sweep_dir: Path) -> None:
     results = sorted(sweep_dir.glob("*/results.json"))
-    assert [path.parent.name for path in results] == ["thr_lambda=0.01_seed=0", "thr_lambda=0.05_seed=0"]
+    # Job directories are named from every override of the job (paths and progress_bar aside).
+    assert [path.parent.name for path in results] == [
+        "data.persist_growth=False,lambda=0.01,policy=thr", "data.persist_growth=False,lambda=0.05,policy=thr"]
     lambdas = [json.loads(path.read_text())["points"][-1]["lambda"] for path in results]
     assert lambdas == [0.01, 0.05]
 

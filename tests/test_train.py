@@ -11,7 +11,6 @@ whose other core is busy each small matmul waits on a thread barrier (measured: 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +29,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from agents.export import ActorRouter, load_router
+from agents.actor import ActorRouter
+from agents.cli.common import register_schemas
+from agents.cli.train import train
+from agents.export import load_router
 from trim_env.env import StepRoutingEnv
 from trim_env.evaluation import run_episodes
 from trim_env.tree import RolloutTrees, load_split, save_dataset
@@ -50,16 +52,6 @@ TIMING_KEYS = {"train_wall_time_s", "env_steps_per_s"}
 POINT_METRICS = ("accuracy", "strong_tokens_per_query", "normalized_cost", "pgr", "escalations_per_query", "cap_binding_rate")
 
 
-def _load_train_module() -> Any:
-    spec = importlib.util.spec_from_file_location("trim_train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-train_script = _load_train_module()
-
-
 def overrides(policy: str, data_dir: Path, *extra: str) -> list[str]:
     """Command-line overrides of a tiny run (thr has no ``policy.total_timesteps``)."""
     budget = [f"{key}={value}" for key, value in TINY_BUDGET.items() if policy != "thr" or not key.startswith("policy.")]
@@ -67,6 +59,7 @@ def overrides(policy: str, data_dir: Path, *extra: str) -> list[str]:
 
 
 def compose_config(*arguments: str):
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="test_train"):
         return compose(config_name="config", overrides=list(arguments))
 
@@ -87,7 +80,7 @@ def train_in_process(policy: str, data_dir: Path, out: Path, *extra: str) -> dic
     """What ``python train.py`` does, through the compose API: train, then write results.json."""
     cfg = compose_config(*overrides(policy, data_dir, *extra))
     out.mkdir(parents=True, exist_ok=True)
-    results = train_script.train(cfg, out)
+    results = train(cfg, out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -344,7 +337,7 @@ def test_bad_input_fails_with_a_clear_message(arguments, expected, tiny_dataset_
 def test_unknown_policy_for_train_is_a_clear_error(tiny_dataset_dir, tmp_path):
     cfg = compose_config("policy=router", "policy.path=x", f"data.path={tiny_dataset_dir}")
     with pytest.raises(ValueError, match="policy.name 'router'"):
-        train_script.train(cfg, tmp_path)
+        train(cfg, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,14 +525,51 @@ def test_only_sequence_history_can_solve_the_history_task(tmp_path, single_threa
     assert len({obs.tobytes() for obs in decisions["agg"]}) == 1  # Agg cannot tell the queries apart
     assert len({obs.tobytes() for obs in decisions["seq"]}) == 2
 
-    settings = PPOSettings(total_timesteps=4096, n_envs=4, n_steps=64, batch_size=64, n_epochs=4, eval_every=512)
+    settings = PPOSettings(n_envs=4, n_steps=64, batch_size=64, n_epochs=4, eval_every=512)
     specs = {"seq": PolicySpec(observation="seq", hidden=[64], seq={"d_model": 32, "n_layers": 2, "n_heads": 4, "ff_dim": 64}),
              "agg": PolicySpec(observation="agg", hidden=[64, 64])}
     accuracy = {}
     for kind, spec in specs.items():
-        result = train_router(train, np.arange(train.num_queries), validation, spec, settings, 0.0, 10.0, seed=0, progress_bar=False)
+        result = train_router(train, np.arange(train.num_queries), validation, spec, settings, 4096, 0.0, 10.0, seed=0,
+                              progress_bar=False)
         exported = run_episodes(validation, ActorRouter(result.actor, kind)).correct.mean()
         assert exported == result.best["validation/accuracy"]  # the exported actor is the best checkpoint
         accuracy[kind] = exported
     assert accuracy["seq"] >= 0.9, accuracy
     assert accuracy["agg"] <= 0.7, accuracy
+
+
+# ------------------------------------------------------------------------------------------------
+# The config is the truth
+
+
+@pytest.mark.parametrize("policy", ["agg", "seq"])
+def test_the_trained_model_has_the_hyper_parameters_the_config_records(policy, tiny_dataset_dir, tmp_path):
+    """``python train.py policy=seq ppo.n_epochs=1 ppo.batch_size=128`` trains with 1 / 128, as recorded."""
+    from stable_baselines3 import PPO
+
+    out = tmp_path / "run"
+    result = run_script(
+        "train.py", f"policy={policy}", "policy.total_timesteps=256", "ppo.n_envs=4", "ppo.n_steps=32", "ppo.batch_size=16",
+        "ppo.n_epochs=1", "ppo.learning_rate=0.001", "ppo.gamma=0.99", "ppo.gae_lambda=0.9", "ppo.clip_range=0.3", "ppo.vf_coef=0.25",
+        "ppo.max_grad_norm=0.7", "ppo.eval_every=128", "policy.hidden=[16,8]", "progress_bar=false", f"data.path={tiny_dataset_dir}",
+        "data.persist_growth=false", f"hydra.run.dir={out}",
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    ppo, policy_config = recorded["ppo"], recorded["policy"]
+    assert (ppo["n_epochs"], ppo["batch_size"], ppo["learning_rate"]) == (1, 16, 0.001)  # the overrides were recorded
+    model = PPO.load(out / "router" / "sb3_model.zip", device="cpu")
+    assert model.n_envs == ppo["n_envs"] and model.n_steps == ppo["n_steps"] and model.batch_size == ppo["batch_size"]
+    assert model.n_epochs == ppo["n_epochs"] and model.learning_rate == ppo["learning_rate"]
+    assert model.gamma == ppo["gamma"] and model.gae_lambda == ppo["gae_lambda"] and model.clip_range(1.0) == ppo["clip_range"]
+    assert model.vf_coef == ppo["vf_coef"] and model.max_grad_norm == ppo["max_grad_norm"]
+    assert model.ent_coef == pytest.approx(ppo["ent_coef_end"], abs=ppo["ent_coef_start"])  # decayed from start towards end
+    assert model.num_timesteps == policy_config["total_timesteps"]
+    assert model.policy.net_arch == {"pi": policy_config["hidden"], "vf": policy_config["hidden"]}
+    if policy == "seq":
+        assert model.policy.features_extractor_kwargs == policy_config["seq"]
+    exported = json.loads((out / "router" / "config.json").read_text())
+    assert exported["ppo"] == ppo and exported["settings"] == policy_config  # the export records the same settings
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["ppo"] == ppo and results["config"]["policy"] == policy_config

@@ -15,14 +15,13 @@ is played as continue — exactly as the environment, which does not ask there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from trim_env import metrics
+from trim_env import atomic, metrics
 from trim_env.features import agg_features, seq_features
 from trim_env.tree import RolloutTrees
 
@@ -158,6 +157,8 @@ def summarize(outcomes: Outcomes, anchors: metrics.Reference) -> dict[str, float
 
 def validation_objective(correct: np.ndarray, strong_tokens: np.ndarray, lam: float, cost_unit_tokens: float) -> float:
     """Mean episode return of the env: accuracy − λ · strong tokens / cost unit (checkpoint choice)."""
+    if not np.isfinite(cost_unit_tokens) or cost_unit_tokens <= 0:
+        raise ValueError(f"cost_unit_tokens = {cost_unit_tokens!r} must be a finite number > 0 (strong tokens per cost unit)")
     return float(np.mean(correct) - lam * np.mean(strong_tokens) / cost_unit_tokens)
 
 
@@ -204,9 +205,9 @@ def format_table(points: list[dict]) -> str:
 
 
 def write_results(directory: str | Path, config: dict[str, Any], points: list[dict]) -> Path:
-    """Write ``results.json`` = ``{"config", "points"}`` to ``directory``, print the table; returns the file."""
-    path = Path(directory) / "results.json"
-    path.write_text(json.dumps({"config": config, "points": points}, indent=2) + "\n")
+    """Write ``results.json`` = ``{"config", "points"}`` to ``directory`` (atomically: a killed run leaves
+    no half-file), print the table; returns the file."""
+    path = atomic.write_json(Path(directory) / "results.json", {"config": config, "points": points})
     print(format_table(points))
     print(f"\nwrote {path}")
     return path

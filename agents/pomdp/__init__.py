@@ -3,9 +3,7 @@
 - :mod:`agents.pomdp.model` — fitting (observation model, transitions, hazard, rewrite cost), save/load;
 - :mod:`agents.pomdp.solver` — finite-horizon DP on a grid of the clean-prefix probability, with a proven error bound;
 - :mod:`agents.pomdp.belief` — the recursive Bayes filter and the authors' per-step belief over `seq` observations;
-- :mod:`agents.pomdp.router` — :class:`PomdpRouter`, export/load (kind ``"pomdp"``) and fit-or-load for ``train.py``.
-
-Importing the package registers the ``"pomdp"`` router and its exported-router loader.
+- :mod:`agents.pomdp.router` — :class:`PomdpRouter` (``policy=pomdp``): settings, fit-or-load, solve, export/load (kind ``"pomdp"``).
 """
 
 from agents.pomdp.model import PomdpModel, fit_model

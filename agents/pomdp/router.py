@@ -1,4 +1,4 @@
-"""The TRIM-POMDP router: belief filter + solved policy lookup, its export/load, and fit-or-load for train.py.
+"""The TRIM-POMDP router: belief filter + solved policy lookup, its settings, fit, export and load.
 
 :class:`PomdpRouter` reads `seq` observations only (PRM scores, token counts and strong flags of
 steps already written, plus the proposal), runs the belief filter over each sequence and compares
@@ -7,6 +7,8 @@ stateless, so the same object serves the environment, the batch evaluator and li
 
 An exported router directory holds ``config.json`` (:func:`agents.export.write_router`, kind
 ``"pomdp"``), the fitted model (``pomdp_model.json``) and the solved tables (``pomdp_policy.npz``).
+:meth:`PomdpRouter.fit` fits the model on the training part of the train split (cached across λ:
+:func:`fit_or_load`) and solves it for λ; there are no environment steps.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import fcntl
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.base import Router, register_router
-from agents.export import CONFIG_FILE, LOADERS, write_router
+from agents.base import Fitted, Router, RouterSettings, TrainingData
+from agents.export import CONFIG_FILE, write_router
 from agents.pomdp.belief import FILTERS, track
 from agents.pomdp.model import (
     FIT_VERSION,
@@ -38,24 +40,89 @@ from agents.pomdp.solver import (
     planning_emissions,
     solve,
 )
+from trim_env import atomic
+from trim_env.evaluation import run_episodes, validation_objective
 from trim_env.tree import RolloutTrees
 
 MODEL_FILE = "pomdp_model.json"
 POLICY_FILE = "pomdp_policy.npz"
 
 
-@register_router("pomdp")
+@dataclass
+class PomdpSettings(RouterSettings):
+    """TRIM-POMDP settings (``policy=pomdp``).
+
+    :param filter: belief tracking: ``bayes`` (recursive Bayes filter; plans with the current
+        score and the rewrite's score) or ``per_step`` (the authors' P(state | min earlier score,
+        current score), uniform prior).
+    :param bins: PRM-score bins per axis of the observation model.
+    :param token_bins: quantile bins of the proposal's token count.
+    :param token_evidence: read each weak step's length (its token bin) as evidence of its state
+        beside the PRM score: in the calibrated data a wrong step is longer, which TRIM-Agg sees
+        through c_t. Chosen on the validation part of train: APGR 0.964 with, 0.879 without
+        (TRIM-Thr 0.795); false gives the scores-only POMDP.
+    :param floor: weight of the uniform distribution mixed into the observation model (no zero likelihoods).
+    :param grid_size: grid points on the clean-prefix probability; the solver's proven error bound
+        is ~1e-4 at 2001.
+    :param max_strong_steps: cap on strong steps per solution to plan for: ``data`` = the training
+        data's cap K (the environment only continues past it), an integer, or null (uncapped, e.g.
+        live routing).
+    :param model_cache_dir: fitted models are cached here (relative to the launch directory),
+        keyed by data and settings; null: always fit.
+    :param observation_data: optional ProcessBench-format JSON list (steps, label, per-step PRM
+        scores in ``score_field``) to fit the observation model from instead of the trees' hidden states.
+    :param score_field: the records' field holding the PRM scores.
+    :param sweep_lambdas: λ grid of the frontier study (``scripts/run_frontier.py``).
+    """
+
+    filter: str = "bayes"
+    bins: int = 20
+    token_bins: int = 8
+    token_evidence: bool = True
+    floor: float = 1.0e-4
+    grid_size: int = DEFAULT_GRID_SIZE
+    max_strong_steps: Any = "data"
+    model_cache_dir: str | None = "outputs/pomdp_models"
+    observation_data: str | None = None
+    score_field: str = "prm_scores"
+    sweep_lambdas: list[float] = field(
+        default_factory=lambda: [0.0005, 0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.025, 0.03, 0.05]
+    )
+
+    def check(self) -> PomdpSettings:
+        """Refuse values the fit or the solver cannot use; messages name the key."""
+        if self.filter not in FILTERS:
+            raise ValueError(f"policy.filter = {self.filter!r} is not one of {list(FILTERS)}")
+        for name in ("bins", "token_bins", "grid_size"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"policy.{name} = {getattr(self, name)} must be at least 2")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"policy.floor = {self.floor} must be in [0, 1)")
+        cap = self.max_strong_steps
+        if not (cap is None or cap == "data" or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0)):
+            raise ValueError(f"policy.max_strong_steps = {cap!r} must be 'data', an integer >= 0 or null")
+        return self
+
+    def fit_settings(self) -> FitSettings:
+        """The settings a fitted model depends on (its cache key)."""
+        return FitSettings(self.bins, self.token_bins, self.floor, self.token_evidence, self.observation_data, self.score_field)
+
+
 class PomdpRouter(Router):
     """Regenerate iff the solved Q-value of regenerating beats continuing at the filtered belief.
 
     :param model: the fitted POMDP (the filter reads its transitions and observation model).
     :param policy: the solved tables for one λ.
     :param belief_filter: ``"bayes"`` (recursive filter) or ``"per_step"`` (the authors' belief).
+    :param config: the router's self-description (see :class:`~agents.base.Router`).
     """
 
+    kind = "pomdp"
     observation_kind = "seq"
+    Settings = PomdpSettings
 
-    def __init__(self, model: PomdpModel, policy: SolvedPolicy, belief_filter: str = "bayes") -> None:
+    def __init__(self, model: PomdpModel, policy: SolvedPolicy, belief_filter: str = "bayes", config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
         if belief_filter not in FILTERS:
             raise ValueError(f"filter = {belief_filter!r} is not one of {list(FILTERS)}")
         if policy.horizon != model.horizon or len(policy.rewrite_cost) != len(model.rewrite_tokens):
@@ -75,6 +142,38 @@ class PomdpRouter(Router):
     def predict(self, observations: np.ndarray) -> np.ndarray:
         q_continue, q_regenerate = self.q_values(observations)
         return (q_regenerate > q_continue).astype(np.int64)
+
+    @classmethod
+    def fit(cls, settings: PomdpSettings, data: TrainingData, **groups: Any) -> Fitted:
+        """Fit (or load the cached fit) on the training part of the train split, solve for λ."""
+        from hydra.utils import to_absolute_path
+
+        settings.check()
+        cache_dir = None if settings.model_cache_dir is None else to_absolute_path(str(settings.model_cache_dir))
+        model, fit_time, from_cache = fit_or_load(data.trees, data.train_queries, settings.fit_settings(), data.data_key, cache_dir)
+        # Trees that grow have no cap (max_strong_steps None); frozen trees keep the data's K.
+        cap = data.trees.max_strong_steps if settings.max_strong_steps == "data" else settings.max_strong_steps
+        solved = solve_router(model, data.lam, data.cost_unit_tokens, settings.filter, settings.grid_size, cap)
+        router = cls(solved.model, solved.policy, solved.belief_filter, {**data.identity(settings), **_export_fields(solved)})
+        outcomes = run_episodes(data.validation, router)
+        summary = {
+            "validation_objective": validation_objective(outcomes.correct, outcomes.strong_tokens, data.lam, data.cost_unit_tokens),
+            "train_wall_time_s": fit_time + router.policy.solve_time_s,
+            "env_steps": 0,
+            "solve_time_s": router.policy.solve_time_s,
+            "fit_time_s": fit_time,
+            "model_from_cache": from_cache,
+            "solver_error_bound": router.policy.error_bound,
+        }
+        return Fitted(router, summary)
+
+    def save(self, directory: str | Path) -> Path:
+        """``config.json``, the fitted model and the solved tables."""
+        return export_router(directory, self, self.config)
+
+    @classmethod
+    def load(cls, directory: Path, config: dict[str, Any]) -> PomdpRouter:
+        return _load_pomdp(directory, config)
 
 
 def planning_for(model: PomdpModel, belief_filter: str) -> Emissions:
@@ -107,9 +206,17 @@ def export_router(directory: str | Path, router: PomdpRouter, config: dict[str, 
     :param config: common fields (policy, lambda, cost unit, dataset hash) for ``config.json``.
     """
     policy = router.policy
-    directory = write_router(directory, {
-        **config,
-        "kind": "pomdp",
+    directory = write_router(directory, {**config, **_export_fields(router)})
+    router.model.save(directory / MODEL_FILE)
+    atomic.write_atomic(directory / POLICY_FILE, lambda scratch: _save_tables(scratch, policy))
+    return directory
+
+
+def _export_fields(router: PomdpRouter) -> dict[str, Any]:
+    """The ``config.json`` fields of a POMDP router beside the common ones."""
+    policy = router.policy
+    return {
+        "kind": PomdpRouter.kind,
         "observation": "seq",
         "filter": router.belief_filter,
         "grid_size": int(policy.continue_value.shape[-1]),
@@ -117,24 +224,26 @@ def export_router(directory: str | Path, router: PomdpRouter, config: dict[str, 
         "error_bound": policy.error_bound,
         "model_file": MODEL_FILE,
         "policy_file": POLICY_FILE,
-    })
-    router.model.save(directory / MODEL_FILE)
-    np.savez(
-        directory / POLICY_FILE,
-        continue_value=policy.continue_value,
-        regenerate_value=policy.regenerate_value,
-        start_value=policy.start_value,
-        rewrite_cost=policy.rewrite_cost,
-        lam=policy.lam,
-        cost_unit_tokens=policy.cost_unit_tokens,
-        max_strong_steps=-1 if policy.max_strong_steps is None else policy.max_strong_steps,  # -1: uncapped
-        error_bound=policy.error_bound,
-        solve_time_s=policy.solve_time_s,
-    )
-    return directory
+    }
 
 
-def _load_pomdp(directory: Path, config: dict[str, Any]) -> Router:
+def _save_tables(path: Path, policy: SolvedPolicy) -> None:
+    with open(path, "wb") as handle:  # a file handle: np.savez would add ".npz" to the temporary name
+        np.savez(
+            handle,
+            continue_value=policy.continue_value,
+            regenerate_value=policy.regenerate_value,
+            start_value=policy.start_value,
+            rewrite_cost=policy.rewrite_cost,
+            lam=policy.lam,
+            cost_unit_tokens=policy.cost_unit_tokens,
+            max_strong_steps=-1 if policy.max_strong_steps is None else policy.max_strong_steps,  # -1: uncapped
+            error_bound=policy.error_bound,
+            solve_time_s=policy.solve_time_s,
+        )
+
+
+def _load_pomdp(directory: Path, config: dict[str, Any]) -> PomdpRouter:
     config_path = directory / CONFIG_FILE
     model = PomdpModel.load(directory / config.get("model_file", MODEL_FILE))
     policy_path = directory / config.get("policy_file", POLICY_FILE)
@@ -169,46 +278,24 @@ def _load_pomdp(directory: Path, config: dict[str, Any]) -> Router:
     expected_cost = policy.lam * model.rewrite_tokens / policy.cost_unit_tokens
     if policy.rewrite_cost.shape != expected_cost.shape or not np.allclose(policy.rewrite_cost, expected_cost, rtol=1e-9, atol=1e-12):
         raise ValueError(f"{policy_path}: rewrite_cost does not match the model in {directory / MODEL_FILE}; the files come from different runs")
-    return PomdpRouter(model, policy, config.get("filter", "bayes"))
-
-
-LOADERS["pomdp"] = _load_pomdp
+    return PomdpRouter(model, policy, config.get("filter", "bayes"), config)
 
 
 # ----------------------------------------------------------------------------------------------
-# Fitting for train.py
+# Fitting (cached across λ)
 
 
 @dataclass
 class FitSettings:
-    """What a fitted model depends on besides the data (part of its cache key).
+    """What a fitted model depends on besides the data (part of its cache key); the values come
+    from :class:`PomdpSettings` (:meth:`PomdpSettings.fit_settings`), which documents each field."""
 
-    :param bins: PRM-score bins per axis of the observation model.
-    :param token_bins: quantile bins of the proposal's length.
-    :param floor: uniform weight in the observation model.
-    :param token_evidence: read each weak step's token bin as evidence of its state (beside its score).
-    :param observation_data: optional ProcessBench-format JSON (records with ``steps``, ``label``
-        and per-step PRM scores) to fit the observation model from instead of the trees.
-    :param score_field: the records' field holding the PRM scores.
-    """
-
-    bins: int = 20
-    token_bins: int = 8
-    floor: float = 1e-4
-    token_evidence: bool = False
-    observation_data: str | None = None
-    score_field: str = "prm_scores"
-
-    @classmethod
-    def from_config(cls, policy_config: Any) -> FitSettings:
-        return cls(
-            bins=int(policy_config.get("bins", cls.bins)),
-            token_bins=int(policy_config.get("token_bins", cls.token_bins)),
-            floor=float(policy_config.get("floor", cls.floor)),
-            token_evidence=bool(policy_config.get("token_evidence", cls.token_evidence)),
-            observation_data=policy_config.get("observation_data"),
-            score_field=str(policy_config.get("score_field", cls.score_field)),
-        )
+    bins: int
+    token_bins: int
+    floor: float
+    token_evidence: bool
+    observation_data: str | None
+    score_field: str
 
 
 def _file_sha256(path: Path) -> str:
@@ -262,6 +349,6 @@ def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_k
         samples = observation_samples_from_processbench(records, settings.score_field, str(records_path))
     return fit_model(
         trees.subset(queries), uniform_bin_edges(settings.bins), settings.token_bins, samples, settings.floor,
-        source={"data": data_key, "n_fit_queries": len(queries), "settings": settings.__dict__},
+        source={"data": data_key, "n_fit_queries": len(queries), "settings": asdict(settings)},
         token_evidence=settings.token_evidence,
     )

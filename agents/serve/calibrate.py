@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from agents.cli import config_dir
 from agents.base import Router
 from agents.export import check_not_trained_on
 from agents.serve.routers import (
@@ -167,7 +168,7 @@ def run(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(config_path="../../conf", config_name="calibrate", version_base="1.3")
+@hydra.main(config_path=str(config_dir()), config_name="calibrate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

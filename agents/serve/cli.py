@@ -17,6 +17,7 @@ import uvicorn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from agents.cli import config_dir
 from agents.serve.app import create_app
 from agents.serve.service import RoutingService
 
@@ -30,7 +31,7 @@ def build_service(config: dict[str, Any]) -> RoutingService:
     return RoutingService.from_config(config)
 
 
-@hydra.main(config_path="../../conf", config_name="serve", version_base="1.3")
+@hydra.main(config_path=str(config_dir()), config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call costs more than routing
     try:

@@ -1,0 +1,73 @@
+"""Evaluate a routing policy on a dataset split and write ``results.json`` (``trim-evaluate``).
+
+Examples::
+
+    trim-evaluate policy=thr 'policy.thresholds=[0,0.05,1]' data.path=DIR hydra.run.dir=OUT
+    trim-evaluate policy=thr data.preset=math500-qwen1.5b-7b data.seed=1 data.n_queries=500
+    trim-evaluate policy=router policy.path=OUT/router data.path=DIR
+    trim-evaluate policy=random
+
+The policy's class comes from the registry (``conf/policy/<name>.yaml``) and gives its points
+(:meth:`agents.base.Router.sweep`): a threshold or probability sweep, or an exported router's
+point (``policy=router``). The weak-only and strong-only anchors of the split are always included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from agents.cli import config_dir
+from agents.cli.common import (
+    read_bool,
+    read_simulated_selection,
+    register_schemas,
+    run_dir,
+    settings_of,
+)
+from agents.registry import registry
+from trim_env.data import growth_source, load_trees
+from trim_env.evaluation import anchor_points, make_point, reference, write_results
+from trim_env.run_dirs import RunDirError
+from trim_env.store import GrowthBudgetSpent
+
+#: What an evaluation writes into its directory.
+OUTPUTS = ["results.json"]
+
+
+def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Points for the configured policy on the configured split (anchors first)."""
+    policy_class = registry().policy(str(cfg.policy.name))
+    settings = settings_of(cfg.policy).check()
+    if cfg.data.preset is not None:
+        read_simulated_selection(cfg)
+    trees = load_trees(
+        path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
+        grow=read_bool(cfg, "data.grow"), persist=read_bool(cfg, "data.persist_growth"),
+        source=growth_source(cfg.data.path, cfg.data.backends),
+    )
+    anchors = reference(trees)
+    points = anchor_points(trees)
+    for swept in policy_class.sweep(settings, trees):
+        points.append(make_point(swept.label, swept.parameter, swept.outcomes, anchors))
+    trees.flush()
+    return points
+
+
+@hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    try:
+        with run_dir(cfg, OUTPUTS) as out:
+            write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
+    except GrowthBudgetSpent as spent:  # every grown batch is on disk already (persisted as it was grown)
+        raise SystemExit(f"trim-evaluate: {spent}") from spent
+    except RunDirError as error:
+        raise SystemExit(f"trim-evaluate: {error}") from None
+
+
+def main() -> None:
+    """The ``trim-evaluate`` console script."""
+    register_schemas()
+    _app()
