@@ -3,7 +3,7 @@
     python scripts/bench_serve.py [--requests 1000] [--clients 32] [--cancelled 1000] [--json OUT.json]
 
 Three processes on 127.0.0.1: the stub upstream (:class:`trim_env.sources.testing.TestingServer`
-with scripted weak/strong models and PRM), ``trim-serve`` itself (``python -m agents.serve.cli``,
+with scripted weak/strong models and PRM), ``trim-serve`` itself (``python -m agents.cli.serve``,
 a TRIM-Thr router at k = 0.5), and the clients here (asyncio + httpx).
 
 1. ``--requests`` chat requests, one unique problem each, from ``--clients`` concurrent clients:
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def start_server(router_dir: Path, base_url: str, root_url: str, port: int) -> subprocess.Popen:
     arguments = [
-        sys.executable, "-m", "agents.serve.cli", f"routers.trim.path={router_dir}", f"port={port}", "log_level=warning",
+        sys.executable, "-m", "agents.cli.serve", f"routers.trim.path={router_dir}", f"port={port}", "log_level=warning",
         *(f"{role}.{field}" for role in ("weak", "strong")
           for field in (f"base_url={base_url}", "api_key_env=null", "max_retries=0", "max_concurrency=64")),
         "weak.model=weak", "strong.model=strong", f"prm.base_url={root_url}", "prm.model=prm", "prm.api_key_env=null",

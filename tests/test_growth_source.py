@@ -297,7 +297,7 @@ def test_entry_points_exit_with_the_budget_message_and_a_rerun_replays_what_was_
     asked_before = len(generator_requests(server))
     spent = run_script("scripts/evaluate.py", *evaluate, *backend_overrides(server, 100), f"hydra.run.dir={tmp_path / 'spent'}")
     assert spent.returncode == 1
-    assert "scripts/evaluate.py: growth budget spent" in spent.stderr and "max_new_tokens = 100" in spent.stderr
+    assert "trim-evaluate: growth budget spent" in spent.stderr and "max_new_tokens = 100" in spent.stderr
     first_run = generator_requests(server)[asked_before:]
     assert first_run and GrowthJournal(k1_copy / "train").read().num_rows == len(first_run)
 
@@ -314,5 +314,5 @@ def test_entry_points_exit_with_the_budget_message_and_a_rerun_replays_what_was_
     shutil.copytree(collected[1], untouched)
     trained = run_script("train.py", "policy=thr", f"data.path={untouched}", "progress_bar=false",
                          *backend_overrides(server, 0), f"hydra.run.dir={tmp_path / 'train'}")
-    assert trained.returncode == 1 and "train.py: growth budget spent" in trained.stderr
+    assert trained.returncode == 1 and "trim-train: growth budget spent" in trained.stderr
     assert not (tmp_path / "train" / "results.json").exists()

@@ -460,7 +460,7 @@ def test_calibration_of_a_pomdp_router_chooses_lambda_and_the_server_solves_for_
 def test_trim_calibrate_writes_a_file_the_server_accepts(tiny_dataset_dir, router_dirs, tmp_path):
     out = tmp_path / "point.json"
     result = subprocess.run(
-        [sys.executable, "-m", "agents.serve.calibrate", f"router={router_dirs['trim']}", "target.normalized_cost=0.25",
+        [sys.executable, "-m", "agents.cli.calibrate", f"router={router_dirs['trim']}", "target.normalized_cost=0.25",
          f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "grid_points=6", "refine_steps=3", f"out={out}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -473,7 +473,7 @@ def test_trim_calibrate_writes_a_file_the_server_accepts(tiny_dataset_dir, route
 
 
 def test_trim_calibrate_asks_for_exactly_one_target(router_dirs, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "agents.serve.calibrate", f"router={router_dirs['trim']}", f"hydra.run.dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "agents.cli.calibrate", f"router={router_dirs['trim']}", f"hydra.run.dir={tmp_path}"],
                             capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode != 0 and "give exactly one of target.normalized_cost" in result.stderr
 

@@ -76,3 +76,7 @@ def main() -> None:
     """The ``trim-baselines`` console script."""
     register_schemas()
     _app()
+
+
+if __name__ == "__main__":
+    main()

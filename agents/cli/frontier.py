@@ -818,3 +818,7 @@ def _app(cfg: DictConfig) -> None:
 def main() -> None:
     """The ``trim-frontier`` console script."""
     _app()
+
+
+if __name__ == "__main__":
+    main()

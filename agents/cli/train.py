@@ -126,3 +126,7 @@ def main() -> None:
     """The ``trim-train`` console script."""
     register_schemas()
     _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
-from agents.cli import config_dir
 from agents.base import Router
 from agents.export import check_not_trained_on
 from agents.serve.routers import (
@@ -166,17 +163,3 @@ def run(cfg: DictConfig) -> Path:
     path = write_operating_point(config["out"], kind, OperatingPoint(PARAMETERS[kind], best.value), details)
     print(f"wrote {path.resolve()}")
     return path
-
-
-@hydra.main(config_path=str(config_dir()), config_name="calibrate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except MissingMandatoryValue as error:
-        raise SystemExit(f"trim-calibrate: {error.full_key} is not set; e.g. router=OUT/router target.normalized_cost=0.3") from error
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"trim-calibrate: {error}") from error
-
-
-if __name__ == "__main__":
-    main()

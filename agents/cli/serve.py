@@ -2,7 +2,7 @@
 
     trim-serve routers.trim.path=OUT/router weak.base_url=http://127.0.0.1:8000/v1 weak.model=weak \
         strong.base_url=http://127.0.0.1:8001/v1 strong.model=strong prm.base_url=http://127.0.0.1:8002 port=8080
-    python -m agents.serve.cli ...   # the same without the console script
+    python -m agents.cli.serve ...   # the same without the console script
 
 Stops on SIGINT/SIGTERM after finishing the requests in flight (up to ``graceful_shutdown_s``).
 """
