@@ -91,13 +91,16 @@ class ObservationModel:
 
     @property
     def n_bins(self) -> int:
+        """Number of score bins per axis."""
         return len(self.bin_edges) - 1
 
     @property
     def first_row(self) -> int:
+        """Row of ``joint`` that holds first steps (no earlier step)."""
         return self.n_bins
 
     def validate(self, where: str = "observation model") -> None:
+        """Check edges, shape, normalisation and positivity; raises ``ValueError`` naming ``where`` and the field."""
         n = self.n_bins
         edges = np.asarray(self.bin_edges)
         if edges.ndim != 1 or n < 2 or edges[0] != 0.0 or edges[-1] != 1.0 or (np.diff(edges) <= 0).any():
@@ -161,6 +164,7 @@ class PomdpModel:
 
     @property
     def horizon(self) -> int:
+        """Number of steps planned for (the step cap of a solution)."""
         return len(self.weak_hazard)
 
     def validate(self, where: str = "POMDP model") -> None:
@@ -192,6 +196,7 @@ class PomdpModel:
         return np.searchsorted(self.token_edges, tokens, side="right") - 1
 
     def to_dict(self) -> dict[str, Any]:
+        """The model as JSON-ready content, with format name and version (``inf`` token edge as a string)."""
         obs = self.observation
         return {
             "format": MODEL_FORMAT,
@@ -219,6 +224,7 @@ class PomdpModel:
 
     @classmethod
     def from_dict(cls, content: dict[str, Any], where: str = "POMDP model") -> PomdpModel:
+        """The model in ``content`` (as written by :meth:`to_dict`), validated; errors name ``where`` and the field."""
         if content.get("format") != MODEL_FORMAT or content.get("format_version") != MODEL_FORMAT_VERSION:
             raise ValueError(
                 f"{where}: format {content.get('format')!r} version {content.get('format_version')!r}; "
@@ -259,6 +265,7 @@ class PomdpModel:
 
     @classmethod
     def load(cls, path: str | Path) -> PomdpModel:
+        """Read and validate a model written by :meth:`save`."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; no fitted POMDP model there")
