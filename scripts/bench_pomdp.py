@@ -18,7 +18,9 @@ import os
 import time
 from pathlib import Path
 
-from agents.pomdp.model import fit_model, uniform_bin_edges
+from agents.cli.train import split_validation
+from agents.pomdp.fit import fit_model
+from agents.pomdp.model import uniform_bin_edges
 from agents.pomdp.router import planning_for
 from agents.pomdp.solver import DEFAULT_GRID_SIZE, solve
 from trim_env.data import load_trees
@@ -36,14 +38,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
-    # train.py's split of train into training and validation parts (imported by path: train.py is a script).
-    import importlib.util  # noqa: PLC0415
-
-    spec = importlib.util.spec_from_file_location("trim_train_script", Path(__file__).resolve().parents[1] / "train.py")
-    train_script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(train_script)  # type: ignore[union-attr]
     trees = load_trees(split="train")
-    training, _ = train_script.split_validation(trees, VALIDATION_FRACTION)
+    training, _ = split_validation(trees, VALIDATION_FRACTION)
     start = time.perf_counter()
     model = fit_model(trees.subset(training), uniform_bin_edges(args.bins))
     fit_time = time.perf_counter() - start

@@ -21,7 +21,8 @@ import torch
 from agents.base import Router
 from agents.actor import ActorRouter
 from agents.networks import ActorNetwork
-from agents.pomdp.model import fit_model, uniform_bin_edges
+from agents.pomdp.fit import fit_model
+from agents.pomdp.model import uniform_bin_edges
 from agents.pomdp.router import solve_router
 from agents.threshold import ThresholdRouter
 from trim_env.evaluation import DecisionBatch, run_episodes

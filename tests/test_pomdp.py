@@ -19,15 +19,12 @@ from agents.cli.common import compose
 from agents.cli.train import train
 from agents.export import load_router
 from agents.pomdp.belief import bayes_filter, per_step_belief
-from agents.pomdp.model import (
-    ObservationModel,
-    PomdpFitError,
-    PomdpModel,
-    fit_model,
+from agents.pomdp.fit import fit_model
+from agents.pomdp.model import ObservationModel, PomdpFitError, PomdpModel, uniform_bin_edges
+from agents.pomdp.observation import (
     fit_observation_model,
     observation_samples_from_processbench,
     observation_samples_from_trees,
-    uniform_bin_edges,
 )
 from agents.pomdp.router import PomdpRouter, export_router, solve_router
 from agents.pomdp.solver import Emissions, planning_emissions, solve
@@ -93,7 +90,10 @@ def exhaustive_q(model: PomdpModel, emissions: Emissions, step: int, belief: np.
                  cap: int | None) -> tuple[float, float]:
     """Exact (Q_continue, Q_regenerate before cost) at a belief over (S0, S1, S2)."""
     costs = exhaustive_q.costs  # type: ignore[attr-defined]
-    reward = lambda c: c * model.final_correct_clean + (1 - c) * model.final_correct_derailed
+
+    def reward(clean: float) -> float:
+        return clean * model.final_correct_clean + (1 - clean) * model.final_correct_derailed
+
     h_w, h_s, p_s = model.weak_hazard[step - 1], model.strong_hazard[step - 1], model.strong_step_accuracy
     q_continue = h_w * reward(belief[0]) + (1 - h_w) * exhaustive_value(model, emissions, costs, step + 1, belief[0], used, cap)
     if cap is not None and used >= cap:
@@ -335,7 +335,11 @@ def simulate_pomdp(router: PomdpRouter, episodes: int, seed: int) -> np.ndarray:
     token_edges = model.token_edges
     token_values = np.append((token_edges[:-2] + token_edges[1:-1]) / 2, token_edges[-2] + 10.0)
     emissions = planning_emissions(model.observation, model.horizon, joint=False, observe_rewrite=True)
-    draw = lambda table: (rng.random(len(table))[:, None] > np.cumsum(table, axis=1)).sum(axis=1)
+
+    def draw(table: np.ndarray) -> np.ndarray:
+        """One category per row of ``table`` (rows are distributions)."""
+        return (rng.random(len(table))[:, None] > np.cumsum(table, axis=1)).sum(axis=1)
+
     seq = np.zeros((episodes, MAX_STEPS, 4), dtype=np.float32)
     clean = np.ones(episodes, dtype=bool)
     used = np.zeros(episodes, dtype=np.int64)

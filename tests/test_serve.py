@@ -438,7 +438,8 @@ def test_calibration_picks_the_dearest_threshold_within_the_budget(tiny_trees):
 
 
 def test_calibration_of_a_pomdp_router_chooses_lambda_and_the_server_solves_for_it(tiny_dataset_dir, tiny_trees, tmp_path):
-    from agents.pomdp.model import fit_model, uniform_bin_edges
+    from agents.pomdp.fit import fit_model
+    from agents.pomdp.model import uniform_bin_edges
     from agents.pomdp.router import export_router, solve_router
     from trim_env.tree import load_split
 

@@ -8,16 +8,14 @@ stateless, so the same object serves the environment, the batch evaluator and li
 An exported router directory holds ``config.json`` (:func:`agents.export.write_router`, kind
 ``"pomdp"``), the fitted model (``pomdp_model.json``) and the solved tables (``pomdp_policy.npz``).
 :meth:`PomdpRouter.fit` fits the model on the training part of the train split (cached across λ:
-:func:`fit_or_load`) and solves it for λ; there are no environment steps.
+:func:`agents.pomdp.cache.fit_or_load`) and solves it for λ (:func:`solve_router`, which plans
+with the observations the chosen belief filter reads: :func:`planning_for`); there are no
+environment steps.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +24,8 @@ import numpy as np
 from agents.base import Fitted, Router, RouterSettings, TrainingData
 from agents.export import CONFIG_FILE, write_router
 from agents.pomdp.belief import FILTERS, track
-from agents.pomdp.model import (
-    FIT_VERSION,
-    PomdpModel,
-    fit_model,
-    observation_samples_from_processbench,
-    uniform_bin_edges,
-)
+from agents.pomdp.cache import FitSettings, fit_or_load
+from agents.pomdp.model import PomdpModel
 from agents.pomdp.solver import (
     DEFAULT_GRID_SIZE,
     Emissions,
@@ -42,7 +35,6 @@ from agents.pomdp.solver import (
 )
 from trim_env import atomic
 from trim_env.evaluation import run_episodes, validation_objective
-from trim_env.tree import RolloutTrees
 
 MODEL_FILE = "pomdp_model.json"
 POLICY_FILE = "pomdp_policy.npz"
@@ -146,7 +138,7 @@ class PomdpRouter(Router):
     @classmethod
     def fit(cls, settings: PomdpSettings, data: TrainingData, **groups: Any) -> Fitted:
         """Fit (or load the cached fit) on the training part of the train split, solve for λ."""
-        from hydra.utils import to_absolute_path
+        from hydra.utils import to_absolute_path  # noqa: PLC0415  (hydra only when fitting: loading or serving a router never imports it)
 
         settings.check()
         cache_dir = None if settings.model_cache_dir is None else to_absolute_path(str(settings.model_cache_dir))
@@ -279,76 +271,3 @@ def _load_pomdp(directory: Path, config: dict[str, Any]) -> PomdpRouter:
     if policy.rewrite_cost.shape != expected_cost.shape or not np.allclose(policy.rewrite_cost, expected_cost, rtol=1e-9, atol=1e-12):
         raise ValueError(f"{policy_path}: rewrite_cost does not match the model in {directory / MODEL_FILE}; the files come from different runs")
     return PomdpRouter(model, policy, config.get("filter", "bayes"), config)
-
-
-# ----------------------------------------------------------------------------------------------
-# Fitting (cached across λ)
-
-
-@dataclass
-class FitSettings:
-    """What a fitted model depends on besides the data (part of its cache key); the values come
-    from :class:`PomdpSettings` (:meth:`PomdpSettings.fit_settings`), which documents each field."""
-
-    bins: int
-    token_bins: int
-    floor: float
-    token_evidence: bool
-    observation_data: str | None
-    score_field: str
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fit_or_load(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_key: str,
-                cache_dir: str | Path | None) -> tuple[PomdpModel, float, bool]:
-    """The model fitted on ``queries`` of ``trees`` with ``settings``, from the cache when fitted before.
-
-    :param trees: the train split.
-    :param queries: the query indices to fit on (the train split minus its validation part).
-    :param settings: fit settings.
-    :param data_key: identifies the dataset (its content hash and split).
-    :param cache_dir: where fitted models are kept (``None``: always fit).
-    :returns: (model, seconds spent fitting or loading it, whether it came from the cache).
-    """
-    queries = np.asarray(queries, dtype=np.int64)
-    records_path = Path(settings.observation_data) if settings.observation_data else None
-    key_source = {"data": data_key, "queries": hashlib.sha256(queries.tobytes()).hexdigest(), "fit_version": FIT_VERSION,
-                  **settings.__dict__}
-    if records_path is not None:
-        if not records_path.exists():
-            raise FileNotFoundError(f"policy.observation_data = {records_path}: file not found")
-        key_source["observation_data"] = _file_sha256(records_path)
-    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
-    start = time.perf_counter()
-    if cache_dir is None:
-        return _fit(trees, queries, settings, data_key, records_path), time.perf_counter() - start, False
-    cached = Path(cache_dir) / f"pomdp-model-{key}.json"
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    # Parallel multirun jobs (one per λ) share the fit: the first takes the lock and fits, the others wait and load.
-    with open(cached.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if cached.exists():
-            return PomdpModel.load(cached), time.perf_counter() - start, True
-        model = _fit(trees, queries, settings, data_key, records_path)
-        model.save(cached)
-    return model, time.perf_counter() - start, False
-
-
-def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_key: str, records_path: Path | None) -> PomdpModel:
-    samples = None
-    if records_path is not None:
-        try:
-            records = json.loads(records_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{records_path}: not valid JSON ({error})") from error
-        if not isinstance(records, list):
-            raise ValueError(f"{records_path}: expected a JSON list of ProcessBench-format records")
-        samples = observation_samples_from_processbench(records, settings.score_field, str(records_path))
-    return fit_model(
-        trees.subset(queries), uniform_bin_edges(settings.bins), settings.token_bins, samples, settings.floor,
-        source={"data": data_key, "n_fit_queries": len(queries), "settings": asdict(settings)},
-        token_evidence=settings.token_evidence,
-    )

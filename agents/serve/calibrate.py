@@ -54,7 +54,7 @@ def router_at(router: Router, kind: str, value: float) -> Router:
     """``router`` moved to operating point ``value`` (threshold k or λ)."""
     if kind == "threshold":
         return ThresholdRouter(value)
-    from agents.pomdp.router import solve_router
+    from agents.pomdp.router import solve_router  # noqa: PLC0415  (the POMDP package only when a POMDP router is calibrated)
 
     policy = router.policy  # type: ignore[attr-defined]
     return solve_router(router.model, value, policy.cost_unit_tokens, router.belief_filter,  # type: ignore[attr-defined]

@@ -175,7 +175,7 @@ class ServedRouter:
         return router
 
     def _solve(self, lam: float) -> Router:
-        from agents.pomdp.router import solve_router
+        from agents.pomdp.router import solve_router  # noqa: PLC0415  (the POMDP package only when a POMDP router is served)
 
         exported = self.router
         policy = exported.policy  # type: ignore[attr-defined]
