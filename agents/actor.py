@@ -179,7 +179,7 @@ class ActorRouter(Router):
     def fit(cls, settings: ActorSettings, data: TrainingData, ppo: PPOSettings | None = None, **groups: Any) -> Fitted:
         """Train with PPO (``ppo``: :class:`agents.ppo.PPOSettings`, default settings if ``None``) and
         keep the checkpoint with the best validation return."""
-        from agents.ppo import PolicySpec, train_router
+        from agents.ppo import PolicySpec, train_router  # noqa: PLC0415  (SB3 and torch training only when training)
 
         settings.check()
         ppo_settings = (ppo or PPOSettings()).check()

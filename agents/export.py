@@ -127,7 +127,7 @@ def load_router(path: str | Path) -> Router:
     :returns: the router of the class the registry names for the directory's ``kind``; its
         ``config`` is the directory's ``config.json``.
     """
-    from agents.registry import RegistryError, registry
+    from agents.registry import RegistryError, registry  # noqa: PLC0415  (the registry imports the router modules, which import this one)
 
     directory = Path(path)
     config = read_router_config(directory)

@@ -13,7 +13,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNe
     actor = ActorNetwork(spec.observation, observation_dim, list(spec.hidden), spec.activation, spec.seq or None)
     policy = model.policy
     if spec.observation == "seq":
-        actor.encoder.load_state_dict(policy.pi_features_extractor.encoder.state_dict())
+        extractor = cast(SeqTransformerExtractor, policy.pi_features_extractor)
+        actor.encoder.load_state_dict(extractor.encoder.state_dict())
     actor.policy_net.load_state_dict(policy.mlp_extractor.policy_net.state_dict())
     actor.action_net.load_state_dict(policy.action_net.state_dict())
     return actor.eval()
@@ -115,6 +116,10 @@ class _TrainingCallback(BaseCallback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.next_eval = 0
         self.started = time.perf_counter()
+
+    #: What this callback drives (SB3 types them as the base classes).
+    model: PPO
+    training_env: StepRoutingVecEnv
 
     def _on_step(self) -> bool:
         progress = min(1.0, self.num_timesteps / self.total_timesteps)
@@ -214,7 +219,7 @@ def train_router(
     env.close()
     if callback.best_state is not None:
         model.policy.load_state_dict(callback.best_state)
-    observation_dim = int(np.prod(env.observation_space.shape))
+    observation_dim = int(np.prod(cast(tuple[int, ...], env.observation_space.shape)))
     return TrainResult(
         model=model,
         actor=extract_actor(model, spec, observation_dim),

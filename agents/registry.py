@@ -118,7 +118,7 @@ def read_registry(policy_dir: str | Path) -> Registry:
 @cache
 def registry() -> Registry:
     """The registry of this checkout's (or installation's) ``conf/policy``."""
-    from agents.cli import config_dir
+    from agents.cli import config_dir  # noqa: PLC0415  (agents.cli's apps import the registry)
 
     return read_registry(config_dir() / "policy")
 

@@ -23,7 +23,7 @@ class WandbTracker(Tracker):
     """A W&B run; ``mode: offline`` writes everything under the run dir for a later ``wandb sync``."""
 
     def __init__(self, settings: dict[str, Any], config: dict[str, Any], run_dir: Path, name: str) -> None:
-        import wandb  # imported here: only this logger needs it
+        import wandb  # noqa: PLC0415  (only this logger needs it)
 
         self._wandb = wandb
         self.run = wandb.init(

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import Router
 from agents.actor import ActorRouter
+from agents.base import Router
 from agents.networks import ActorNetwork
 from agents.threshold import ThresholdRouter
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps

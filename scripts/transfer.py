@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from agents.cli.frontier import summarize_methods
 from omegaconf import DictConfig, OmegaConf
 
 from agents import load_router
 from agents.baselines.suite import baseline_points, fit_query_routers
+from agents.cli.frontier import summarize_methods
 from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
 from agents.export import check_not_trained_on
 from trim_env import metrics

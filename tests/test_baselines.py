@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from agents.registry import make_router
 from agents.baselines.oracle import lambda_grid, regenerate_is_better, run_oracle
 from agents.baselines.query_level import (
     ALWAYS_ESCALATE,
@@ -25,6 +24,7 @@ from agents.baselines.query_level import (
 )
 from agents.baselines.random_routing import run_random
 from agents.baselines.suite import baseline_points, check_methods, fit_query_routers
+from agents.registry import make_router
 from trim_env import metrics
 from trim_env.evaluation import make_point, reference, run_episodes, run_thresholds
 from trim_env.simulate import SimulatedTrees, SimulatorParams

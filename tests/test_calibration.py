@@ -12,9 +12,8 @@ from trim_env.simulate import SimulatorParams
 from trim_env.tree import MAX_STEPS
 
 
-
 def test_the_reference_figures_ship_inside_the_package():
-    import trim_env  # noqa: PLC0415
+    import trim_env
 
     package = Path(trim_env.__file__).resolve().parent
     assert DEFAULT_REFERENCE.resolve().is_relative_to(package) and DEFAULT_REFERENCE.is_file()

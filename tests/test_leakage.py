@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import Router
 from agents.actor import ActorRouter
+from agents.base import Router
 from agents.networks import ActorNetwork
 from agents.pomdp.fit import fit_model
 from agents.pomdp.model import uniform_bin_edges

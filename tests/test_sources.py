@@ -73,7 +73,7 @@ async def and_close(backend, work):
 def smollm2():
     """SmolLM2-135M-Instruct (model, tokenizer), loaded once (its GGUF is converted once per machine)."""
     pytest.importorskip("gguf", reason="the real-model tests need the 'real' extra: pip install -e '.[real]'")
-    from trim_env.sources.local import load_pretrained  # noqa: PLC0415
+    from trim_env.sources.local import load_pretrained
 
     return load_pretrained(SMOLLM2["model"], "causal_lm", SMOLLM2["gguf_file"])
 
@@ -325,7 +325,7 @@ def test_httpx_request_logs_are_quiet_by_default_and_an_explicit_level_is_kept(c
 
 
 def _tiny_checkpoint(directory: Path) -> Path:
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     directory.mkdir()
     save_file({"embed.weight": torch.zeros(64, 8)}, directory / "model.safetensors")
@@ -335,7 +335,7 @@ def _tiny_checkpoint(directory: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["truncated_weights", "config_without_model_type", "config_not_json", "config_missing"])
 def test_a_broken_local_checkpoint_is_named_with_its_file_and_field(tmp_path: Path, case: str):
-    from trim_env.sources.local import load_pretrained  # noqa: PLC0415
+    from trim_env.sources.local import load_pretrained
 
     checkpoint = _tiny_checkpoint(tmp_path / "model")
     weights, config = checkpoint / "model.safetensors", checkpoint / "config.json"
@@ -356,7 +356,7 @@ def test_a_broken_local_checkpoint_is_named_with_its_file_and_field(tmp_path: Pa
 
 
 def test_a_missing_model_package_is_named():
-    from trim_env.sources.local import resolve_model_path  # noqa: PLC0415
+    from trim_env.sources.local import resolve_model_path
 
     with pytest.raises(ValueError, match="no installed Python package 'no_such_model_pkg'"):
         resolve_model_path("package:no_such_model_pkg")
@@ -404,7 +404,7 @@ def test_a_smollm2_rollout_writes_several_steps_in_one_call(smollm2):
 
 
 def test_http_backend_drives_real_smollm2_behind_the_server(smollm2):
-    from trim_env.sources.local import TransformersGenerator  # noqa: PLC0415
+    from trim_env.sources.local import TransformersGenerator
 
     model, tokenizer = smollm2
     served = LocalServedModel(TransformersGenerator(model, tokenizer, max_tokens_per_step=16))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_PRESET, TINY_SEED
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from trim_env.data import open_split
@@ -20,8 +21,6 @@ from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.store import GROWTH_DIR, GrowingTrees
 from trim_env.tree import RolloutTrees, TreeFormatError, load_split
 from trim_env.vec_env import StepRoutingVecEnv
-
-from conftest import TINY_PRESET, TINY_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT = ("step_tokens", "step_prm", "step_is_strong", "terminal", "correct", "hidden_state", "depth", "strong_steps", "path_min_prm")

@@ -6,7 +6,7 @@ __all__ = ["RolloutTrees", "TreeFormatError", "load_split", "save_dataset"]
 __version__ = "0.1.0"
 
 # Gymnasium registration of the routing environment (the entry point is imported lazily by make).
-import gymnasium as _gymnasium  # noqa: E402
+import gymnasium as _gymnasium
 
 if "trim/StepRouting-v0" not in _gymnasium.registry:
     _gymnasium.register(id="trim/StepRouting-v0", entry_point="trim_env.env:StepRoutingEnv")

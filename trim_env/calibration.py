@@ -34,8 +34,9 @@ from scipy.optimize import least_squares
 
 from trim_env import metrics
 from trim_env.atomic import write_text
-from trim_env.evaluation import run_thresholds, reference as split_reference
-from trim_env.simulate import SimulatedTrees, SimulatorParams, follow_constant
+from trim_env.evaluation import reference as split_reference
+from trim_env.evaluation import run_thresholds
+from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import MAX_STEPS
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent / "references" / "trim_qwen1.5b_7b_math.json"
@@ -184,7 +185,7 @@ def _encode(params: SimulatorParams) -> np.ndarray:
 
 
 def _decode(theta: np.ndarray, base: SimulatorParams) -> SimulatorParams:
-    values = {}
+    values: dict[str, Any] = {}
     for (name, transform), x in zip(_FITTED.items(), theta):
         if transform == "log":
             x = np.exp(x)

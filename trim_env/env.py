@@ -127,7 +127,7 @@ def _view(array: np.ndarray) -> memoryview:
     array = np.ascontiguousarray(array)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    return memoryview(array)
+    return array.data
 
 
 class StepRoutingEnv(gymnasium.Env):
@@ -404,6 +404,7 @@ class StepRoutingEnv(gymnasium.Env):
             info["correct"] = correct
             info["cap_reached"] = self._cap_reached
             # The final observation is never used for a decision; return the last one's shape.
+            obs: np.ndarray
             if self.observation == "agg":
                 obs = np.zeros(len(AGG_FEATURES), dtype=np.float32)
             else:

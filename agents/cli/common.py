@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -41,9 +43,6 @@ def register_schemas() -> None:
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     """The config an entry point would run with (schemas registered, composed from :func:`config_dir`),
     for calling its work function directly, e.g. ``train(compose("config", ["policy=thr"]), out)``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     register_schemas()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=config_name):
         return hydra_compose(config_name=config_name, overrides=list(overrides))

@@ -25,7 +25,7 @@ from agents.serve.service import RoutingService
 def build_service(config: dict[str, Any]) -> RoutingService:
     """The routing service of a resolved ``conf/serve.yaml``."""
     if config.get("torch_threads"):
-        import torch
+        import torch  # noqa: PLC0415  (only when threads are set; serving HTTP backends needs no torch)
 
         torch.set_num_threads(int(config["torch_threads"]))
     return RoutingService.from_config(config)

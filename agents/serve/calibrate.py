@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -96,7 +96,9 @@ def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, 
         grid = np.linspace(0.0, 1.0, grid_points)
     else:
         grid = np.concatenate([np.geomspace(lambda_range[1], lambda_range[0], grid_points - 1), [0.0]])
-    within: Callable[[Candidate], bool] = lambda candidate: candidate.figures[target_name] <= target
+    def within(candidate: Candidate) -> bool:
+        return bool(candidate.figures[target_name] <= target)
+
     candidates = [measure(value) for value in grid]
     affordable = [index for index, candidate in enumerate(candidates) if within(candidate)]
     if not affordable:
@@ -135,7 +137,7 @@ def run(cfg: DictConfig) -> Path:
                          f"target.strong_tokens_per_query; got {targets or 'none'}")
     ((target_name, target),) = targets.items()
     router = load_served_router(config["router"])
-    kind = str(router.config.get("kind"))  # type: ignore[attr-defined]
+    kind = str(router.config.get("kind"))
     if kind not in PARAMETERS:
         raise ValueError(f"router = {config['router']}: kind {kind!r} has no operating point (kinds with one: {sorted(PARAMETERS)})")
     data = config["data"]

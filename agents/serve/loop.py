@@ -31,8 +31,8 @@ from trim_env.sources.base import (
     StepRequest,
     StepResult,
 )
-from trim_env.sources.query_tree import request_seed
 from trim_env.sources.openai_http import BackendTimeoutError
+from trim_env.sources.query_tree import request_seed
 from trim_env.tree import MAX_STEPS
 
 Result = TypeVar("Result")

@@ -44,7 +44,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -184,7 +184,8 @@ class BackendSource:
         steps, scores = asyncio.run(self._generate_and_score(strong, requests))
         depth = store.depth[parents].astype(np.int64) + 1
         terminal = np.array([ends_path(step, int(d), self.max_steps) for step, d in zip(steps, depth)], dtype=bool)
-        answers = [store.answer[int(query)] for query in store.query[parents]]  # type: ignore[index]
+        # Present for every query (checked with the other text fields above).
+        answers = [cast(str, store.answer[int(query)]) for query in store.query[parents]]  # type: ignore[index]
         correct = np.array(
             [int(grade(solution_text((*request.steps, step.text)), answer)) if ends else -1
              for request, step, answer, ends in zip(requests, steps, answers, terminal)],

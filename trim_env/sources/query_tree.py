@@ -159,7 +159,7 @@ class QueryTree:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> QueryTree:
         tree = cls(**{**record, "problem": Problem(**record["problem"])})
-        tree.weak_only, tree.strong_only = tuple(record["weak_only"]), tuple(record["strong_only"])  # type: ignore[assignment]
+        tree.weak_only, tree.strong_only = tuple(record["weak_only"]), tuple(record["strong_only"])
         return tree
 
 
