@@ -530,6 +530,17 @@ def _other_shard(tmp_path: Path, spec: str, **options) -> Path:
     return _shard(elsewhere, spec)
 
 
+def test_a_shard_resumes_its_own_missing_problems_only(two_shards: Path, tmp_path: Path):
+    out = tmp_path / "data"
+    shutil.copytree(two_shards, out)
+    (_shard(out, "1/2") / RECORDS / "000001.json").unlink()
+    summary = collect_scripted(out, problems=PROBLEMS[:4], shard=Shard(1, 2))
+    assert (summary["this_run"]["queries"], summary["queries"], summary["shard"]) == (1, 2, "1/2")
+    assert sorted(path.name for path in (_shard(out, "1/2") / RECORDS).iterdir()) == ["000001.json", "000003.json"]
+    merge_shards(out)
+    assert (load_split(out, "train").num_queries, load_split(out, "test").num_queries) == (3, 1)
+
+
 @pytest.mark.parametrize("case", ["missing", "duplicate", "other_settings", "other_problems", "other_count", "incomplete", "none"])
 def test_merging_shards_that_do_not_make_one_collection_is_refused_naming_the_shard(two_shards: Path, tmp_path: Path, case: str):
     out = tmp_path / "data"

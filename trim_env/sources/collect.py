@@ -290,7 +290,7 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         if (out / MANIFEST).exists() and not (out / MERGED_FILE).exists():
             raise FileExistsError(f"{out / MANIFEST} exists but {out / MERGED_FILE} does not: {out} holds a dataset no merge wrote")
         problems = pins["problems"]
-        queries: list[QueryTree | None] = [None] * len(problems)
+        queries: dict[int, QueryTree] = {}
         for shard, directory in shards.items():
             store = RecordStore(directory)
             missing = [index for index in shard.positions(len(problems)) if index not in store.done()]
@@ -302,7 +302,7 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
                 )
             for index in shard.positions(len(problems)):
                 queries[index] = store.read_pinned(index, problems[index])
-        collected = [query for query in queries if query is not None]
+        collected = [queries[index] for index in range(len(problems))]
         max_strong_steps = pins["settings"]["max_strong_steps"]
         write_json(out / MERGED_FILE, {"shards": {str(shard): str(directory) for shard, directory in shards.items()}}, durable=True)
         write_dataset(out, collected, split_indices(len(problems), pins["test_fraction"], pins["split_seed"]), max_strong_steps,
@@ -315,46 +315,48 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
 
 
 def _read_shards(out: Path) -> tuple[dict[Shard, Path], dict[str, Any]]:
-    """Every shard directory of ``out/shards`` by its shard (all ``0/n`` .. ``n-1/n``), and their common pins."""
+    """Every shard directory of ``out/shards`` by its shard (all ``0/n`` .. ``n-1/n``, in order), and their common pins."""
     root = out / SHARDS
     directories = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     if not directories:
         raise FileNotFoundError(f"{root}: no shard directories; collect every shard first (problems.shard=i/n with out={out})")
-    shards: dict[Shard, Path] = {}
-    first: tuple[Path, dict[str, Any]] | None = None
+    found: list[tuple[Shard, Path, dict[str, Any]]] = []
     for directory in directories:
         path = directory / SETTINGS_FILE
         if not path.is_file():
             raise ValueError(f"{directory}: no {SETTINGS_FILE}, so it is not a shard a collector started; remove it from {root}")
-        pins = json.loads(path.read_text())
+        try:
+            pins = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); this shard cannot be checked, collect it again") from error
         if "shard" not in pins or "manifest_source" not in pins:
             raise ValueError(f"{path}: no field 'shard': {directory} holds an unsharded collection, not a shard")
-        shard = Shard.parse(pins.pop("shard"))
+        found.append((Shard.parse(pins.pop("shard")), path, pins))
+    first_shard, first_path, first_pins = found[0]
+    shards: dict[Shard, Path] = {}
+    for shard, path, pins in found:
         if shard in shards:
-            raise ValueError(f"shard {shard} was collected twice, into {shards[shard]} and {directory}; keep one of them")
-        if first is None:
-            first = (path, pins)
-        elif shard.count != next(iter(shards)).count:
+            raise ValueError(f"shard {shard} was collected twice, into {shards[shard]} and {path.parent}; keep one of them")
+        if shard.count != first_shard.count:
             raise ValueError(
-                f"{path}: shard {shard} is one of {shard.count} shards, but {first[0]} is one of {next(iter(shards)).count}; "
-                f"merge the shards of one split only"
+                f"{path}: shard {shard} is one of {shard.count} shards, but {first_path} is one of {first_shard.count}; "
+                "merge the shards of one split only"
             )
-        else:
-            _check_same_pins(first, path, pins)
-        shards[shard] = directory
-    count = next(iter(shards)).count
-    missing = [f"{index}/{count}" for index in range(count) if Shard(index, count) not in shards]
+        _check_same_pins(first_path, first_pins, path, pins)
+        shards[shard] = path.parent
+    count = first_shard.count
+    missing = [str(Shard(index, count)) for index in range(count) if Shard(index, count) not in shards]
     if missing:
+        present = ", ".join(str(shard) for shard in sorted(shards, key=lambda shard: shard.index))
         raise ValueError(
-            f"{root}: shard(s) {', '.join(missing)} of {count} missing (found {', '.join(str(shard) for shard in sorted(shards, key=lambda s: s.index))}); "
+            f"{root}: shard(s) {', '.join(missing)} of {count} missing (found {present}); "
             f"collect them with the same settings (problems.shard={missing[0]} out={out})"
         )
-    return dict(sorted(shards.items(), key=lambda item: item[0].index)), first[1] if first else {}
+    return dict(sorted(shards.items(), key=lambda item: item[0].index)), first_pins
 
 
-def _check_same_pins(first: tuple[Path, dict[str, Any]], path: Path, pins: dict[str, Any]) -> None:
+def _check_same_pins(first_path: Path, first_pins: dict[str, Any], path: Path, pins: dict[str, Any]) -> None:
     """Refuse a shard pinned with other settings, backends or problems than the first shard: name the field."""
-    first_path, first_pins = first
     for key in sorted(set(first_pins) | set(pins)):
         if first_pins.get(key) == pins.get(key):
             continue
