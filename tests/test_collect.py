@@ -1,10 +1,12 @@
-"""Rollout collection: tree shape and anchors, shared work, resumability under SIGKILL, train.py on collected data, real SmolLM2 end to end.
+"""Rollout collection: tree shape and anchors, shared work, resumability under SIGKILL, train.py on collected data, sharding, real SmolLM2 end to end.
 
 Most tests collect from the deterministic scripted models behind the OpenAI-compatible test
 server on 127.0.0.1 (fast, reproducible). The kill test runs ``scripts/collect_rollouts.py`` as a
 subprocess against that server, SIGKILLs it twice mid-run and restarts it. The slow test runs the
 whole chain on real parts: SmolLM2-135M-Instruct as weak and strong model (two samplings), a
-random-weight Qwen2.5-Math-PRM-shaped PRM, collection → loading → the env → a router.
+random-weight Qwen2.5-Math-PRM-shaped PRM, collection → loading → the env → a router. The sharding
+tests collect in shards (in process, as a Hydra multirun on local processes, and — slow — on a
+local Ray head) and check that the merged dataset is the unsharded run's.
 """
 
 from __future__ import annotations
@@ -12,23 +14,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from trim_env.atomic import DirectoryLock, DirectoryLockedError
-from trim_env.sources.collect import SUMMARY_FILE, collect
+from trim_env.sources.collect import SHARDS, SUMMARY_FILE, collect, merge_shards, shard_directory
 from trim_env.sources.factory import make_generator, make_prm
 from trim_env.sources.problems import (
     BUNDLED_PROBLEMS,
     Problem,
     ProblemsSettings,
+    Shard,
     bundled_problems_path,
     load_problems,
 )
@@ -443,3 +448,236 @@ def test_real_smollm2_collection_trains_an_env_and_routes(tmp_path: Path):
     solution = StepRouter(always, weak, strong, prm, max_steps=3, max_strong_tokens=40).solve(problems[0].problem, problems[0].answer)
     assert 1 <= len(solution.steps) <= 3 and solution.strong_tokens <= 40
     assert solution.correct in (True, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Collection in shards, merged
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("3/2", r"problems.shard = '3/2': the shard index i of i/n counts from 0, so the 2 shards are 0/2 .. 1/2"),
+    ("2/2", r"problems.shard = '2/2': .* the 2 shards are 0/2 .. 1/2"),
+    ("a/b", r"problems.shard = 'a/b': write the shard as i/n"),
+    ("1", r"problems.shard = '1': write the shard as i/n"),
+    ("-1/2", r"problems.shard = '-1/2': write the shard as i/n"),
+    ("0/0", r"problems.shard = '0/0': the number of shards n of i/n must be at least 1"),
+])
+def test_a_shard_that_is_not_i_of_n_is_refused_naming_the_setting(spec: str, message: str, tmp_path: Path):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from agents.cli.collect import register_configs  # noqa: PLC0415
+    from trim_env.sources.collect import CollectionConfig, run_collection  # noqa: PLC0415
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_shard_spec"):
+        cfg = compose(config_name="collect", overrides=[f"out={tmp_path / 'data'}", f"problems.shard={spec}"])
+    config = CollectionConfig.from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(run_collection(config))  # refused before any model is loaded or anything written
+    assert not (tmp_path / "data").exists()
+
+
+def test_shards_positions_interleave_and_cover_every_problem_once():
+    shards = [Shard.parse(f"{index}/3") for index in range(3)]
+    assert [shard.positions(8) for shard in shards] == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    assert [shard.name for shard in shards] == ["0-of-3", "1-of-3", "2-of-3"] and str(shards[2]) == "2/3"
+
+
+def _collect_shards(out: Path, count: int, problems=PROBLEMS, **options) -> None:
+    for index in range(count):
+        collect_scripted(out, problems=problems, shard=Shard(index, count), **options)
+
+
+def test_merged_shards_are_the_dataset_of_an_unsharded_run(tmp_path: Path):
+    reference, out = tmp_path / "unsharded", tmp_path / "sharded"
+    reference_summary = collect_scripted(reference)
+    _collect_shards(out, 3)  # 8 problems: shards of 3, 3 and 2
+    for index, size in enumerate((3, 3, 2)):
+        shard = shard_directory(out, Shard(index, 3))
+        assert len(list((shard / RECORDS).glob("*.json"))) == size
+        assert not (shard / MANIFEST).exists() and json.loads((shard / SUMMARY_FILE).read_text())["queries"] == size
+    assert not (out / MANIFEST).exists()  # a shard writes no dataset
+
+    summary = merge_shards(out)
+    assert read_manifest(out) == read_manifest(reference)  # same content hash, splits and provenance
+    for split in ("train", "test"):
+        assert content_digest(load_split(out, split)) == content_digest(load_split(reference, split))
+        assert (out / split / "nodes.parquet").read_bytes() == (reference / split / "nodes.parquet").read_bytes()
+    assert summary["shards"] == ["0/3", "1/3", "2/3"]
+    assert {key: summary[key] for key in ("queries", "nodes", "weak", "strong", "prm")} == \
+        {key: reference_summary[key] for key in ("queries", "nodes", "weak", "strong", "prm")}
+    assert merge_shards(out)["nodes"] == summary["nodes"]  # merging again (e.g. after re-running a shard) is allowed
+    assert read_manifest(out)["content_hash"] == read_manifest(reference)["content_hash"]
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``OUT`` with both shards of PROBLEMS[:4] collected (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("shards") / "data"
+    _collect_shards(out, 2, problems=PROBLEMS[:4])
+    return out
+
+
+def _shard(out: Path, spec: str) -> Path:
+    return shard_directory(out, Shard.parse(spec))
+
+
+def _other_shard(tmp_path: Path, spec: str, **options) -> Path:
+    """Shard ``spec`` collected elsewhere (with ``options`` changed), for copying into a merge."""
+    elsewhere = tmp_path / "elsewhere"
+    collect_scripted(elsewhere, **{"problems": PROBLEMS[:4], **options}, shard=Shard.parse(spec))
+    return _shard(elsewhere, spec)
+
+
+def test_a_shard_resumes_its_own_missing_problems_only(two_shards: Path, tmp_path: Path):
+    out = tmp_path / "data"
+    shutil.copytree(two_shards, out)
+    (_shard(out, "1/2") / RECORDS / "000001.json").unlink()
+    summary = collect_scripted(out, problems=PROBLEMS[:4], shard=Shard(1, 2))
+    assert (summary["this_run"]["queries"], summary["queries"], summary["shard"]) == (1, 2, "1/2")
+    assert sorted(path.name for path in (_shard(out, "1/2") / RECORDS).iterdir()) == ["000001.json", "000003.json"]
+    merge_shards(out)
+    assert (load_split(out, "train").num_queries, load_split(out, "test").num_queries) == (3, 1)
+
+
+@pytest.mark.parametrize("case", ["missing", "duplicate", "other_settings", "other_problems", "other_count", "incomplete", "none"])
+def test_merging_shards_that_do_not_make_one_collection_is_refused_naming_the_shard(two_shards: Path, tmp_path: Path, case: str):
+    out = tmp_path / "data"
+    shutil.copytree(two_shards, out)
+    if case == "missing":
+        shutil.rmtree(_shard(out, "1/2"))
+        message = r"shard\(s\) 1/2 of 2 missing \(found 0/2\); collect them with the same settings \(problems.shard=1/2"
+    elif case == "duplicate":
+        shutil.copytree(_shard(out, "0/2"), out / SHARDS / "0-of-2-copy")
+        message = r"shard 0/2 was collected twice, into .*0-of-2 and .*0-of-2-copy; keep one of them"
+    elif case == "other_settings":
+        shutil.rmtree(_shard(out, "1/2"))
+        shutil.copytree(_other_shard(tmp_path, "1/2", max_strong_steps=1), _shard(out, "1/2"))
+        message = r"1-of-2/collect.json: field 'settings' differs from .*0-of-2/collect.json's \({'max_strong_steps': 1.*different settings"
+    elif case == "other_problems":
+        edited = [*PROBLEMS[:3], Problem(PROBLEMS[3].query_id, PROBLEMS[3].problem, "#### 99")]
+        shutil.rmtree(_shard(out, "1/2"))
+        shutil.copytree(_other_shard(tmp_path, "1/2", problems=edited), _shard(out, "1/2"))
+        message = r"1-of-2/collect.json: the shard's problems differ .*position 3\): .*different problem files"
+    elif case == "other_count":
+        shutil.copytree(_other_shard(tmp_path, "2/3"), _shard(out, "2/3"))
+        message = r"2-of-3/collect.json: shard 2/3 is one of 3 shards, but .*0-of-2/collect.json is one of 2"
+    elif case == "incomplete":
+        (_shard(out, "1/2") / RECORDS / "000003.json").unlink()
+        message = r"1-of-2: shard 1/2 is incomplete: 1 of its 2 problems are not collected \(first: 'q3'\)"
+    else:
+        shutil.rmtree(out / SHARDS)
+        message = r"shards: no shard directories; collect every shard first"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        merge_shards(out)
+    assert not (out / MANIFEST).exists()
+
+
+def test_a_merge_does_not_overwrite_a_dataset_it_did_not_write(two_shards: Path, tiny_dataset_dir: Path, tmp_path: Path):
+    out = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, out)
+    shutil.copytree(two_shards / SHARDS, out / SHARDS)
+    before = (out / MANIFEST).read_bytes()
+    with pytest.raises(FileExistsError, match="holds a dataset no merge wrote"):
+        merge_shards(out)
+    assert (out / MANIFEST).read_bytes() == before
+
+
+def test_a_shard_still_being_collected_is_not_merged(two_shards: Path, tmp_path: Path):
+    out = tmp_path / "data"
+    shutil.copytree(two_shards, out)
+    with DirectoryLock(_shard(out, "1/2"), "a collector", LOCK_FILE):  # as a running shard holds it
+        with pytest.raises(DirectoryLockedError, match=r"1-of-2 is in use: a collector"):
+            merge_shards(out)
+    assert not (out / MANIFEST).exists()
+
+
+def _multirun(command: list[str], *overrides: str) -> list[str]:
+    """``command`` (python, script, overrides) as a Hydra multirun with ``overrides`` added (-m goes before them)."""
+    return [*command[:2], "-m", *command[2:], *overrides]
+
+
+def _merge_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "agents.cli.collect_merge", f"out={out}"]
+
+
+def _sharded_reference(tmp_path: Path) -> tuple[Path, Path]:
+    """A problems file and the unsharded dataset that _collector_command's settings collect from it."""
+    problems_file = _problems_file(tmp_path / "problems.jsonl", PROBLEMS)
+    reference = tmp_path / "unsharded"
+    collect_scripted(reference, problems=load_problems(ProblemsSettings(path=str(problems_file))))
+    return problems_file, reference
+
+
+def _check_merged_like(out: Path, reference: Path, merged: subprocess.CompletedProcess) -> None:
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert read_manifest(out)["content_hash"] == read_manifest(reference)["content_hash"]
+    assert f"content hash {read_manifest(out)['content_hash']}" in merged.stdout
+    for split in ("train", "test"):
+        assert content_digest(load_split(out, split)) == content_digest(load_split(reference, split))
+
+
+def test_shards_run_as_a_multirun_on_local_processes_and_merge_from_the_command_line(tmp_path: Path):
+    problems_file, reference = _sharded_reference(tmp_path)
+    out = tmp_path / "sharded"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with scripted_server() as server:
+        command = _multirun(_collector_command(server, out, problems_file), "hydra/launcher=local", "problems.shard=0/2,1/2")
+        sweep = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "launcher" in (out / "multirun" / "multirun.yaml").read_text() and "JoblibLauncher" in (out / "multirun" / "multirun.yaml").read_text()
+    assert sorted(path.name for path in (out / SHARDS).iterdir()) == ["0-of-2", "1-of-2"]
+    merged = subprocess.run(_merge_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    _check_merged_like(out, reference, merged)
+    refused = subprocess.run(_merge_command(tmp_path / "nowhere"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0 and "error: " in refused.stderr and "no shard directories" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+_SERVER_IN_NAMESPACE = """
+import sys
+from trim_env.sources.testing import ScriptedModel, ScriptedPRM, TestingServer
+with TestingServer({"weak": ScriptedModel("weak"), "strong": ScriptedModel("strong")}, pooling=ScriptedPRM()) as server:
+    print(server.base_url, server.root_url, flush=True)
+    sys.stdin.read()  # serves until the test closes stdin
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (os.geteuid() == 0 and shutil.which("ip") and shutil.which("ray")),
+                    reason="needs root, iproute2 and ray for a loopback-only namespace")
+def test_shards_run_as_a_multirun_on_a_local_ray_cluster_and_merge_into_the_unsharded_dataset(tmp_path: Path):
+    """As tests/test_sweeps.py: a Ray head in a network namespace with only loopback; the stub server runs there too."""
+    problems_file, reference = _sharded_reference(tmp_path)
+    out = tmp_path / "sharded"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    namespace = f"trim-shards-{os.getpid()}"
+    inside = ["ip", "netns", "exec", namespace]
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    server = None
+    try:
+        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
+        started = subprocess.run(
+            [*inside, "ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391",
+             "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats"],
+            capture_output=True, text=True, env=env, timeout=180,
+        )
+        assert started.returncode == 0, started.stderr
+        server = subprocess.Popen([*inside, sys.executable, "-c", _SERVER_IN_NAMESPACE], cwd=ROOT, env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        base_url, root_url = server.stdout.readline().split()
+        urls = SimpleNamespace(base_url=base_url, root_url=root_url)  # the server's, as _collector_command reads them
+        command = [*inside, "env", "RAY_ADDRESS=127.0.0.1:6391",
+                   *_multirun(_collector_command(urls, out, problems_file), "hydra/launcher=ray_cluster", "problems.shard=0/2,1/2")]
+        sweep = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        assert "RayLauncher" in (out / "multirun" / "multirun.yaml").read_text()
+    finally:
+        if server is not None:
+            server.stdin.close()
+            server.wait(timeout=60)
+        subprocess.run([*inside, "ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+    merged = subprocess.run(_merge_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    _check_merged_like(out, reference, merged)

@@ -6,11 +6,15 @@
         collect/generator@weak=openai weak.model=Qwen/Qwen2.5-1.5B-Instruct \\
         collect/generator@strong=openai strong.model=Qwen/Qwen2.5-7B-Instruct strong.base_url=http://127.0.0.1:8002/v1 \\
         collect/prm@prm=vllm_pooling
+    trim-collect -m out=DIR problems.shard=0/2,1/2 [hydra/launcher=ray_cluster]   # in shards, then:
+    trim-collect-merge out=DIR
 
 Settings: :class:`CollectConfig` and ``conf/collect.yaml`` (backends in ``conf/collect/``). A
 killed run restarted with the same command resumes: finished queries are kept, the rest are
 collected, and the dataset is written at the end (``OUT/manifest.json``, ``OUT/train``,
 ``OUT/test``) with a summary of calls and tokens per model in ``OUT/collection_summary.json``.
+With ``problems.shard=i/n`` the run collects shard i of n into ``OUT/shards/i-of-n/`` and
+``trim-collect-merge out=OUT`` writes the dataset once every shard is done.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents.cli.strict import check_boolean_overrides, require_settings
 from trim_env.paths import checkout_root, config_dir
-from trim_env.sources.collect import CollectionConfig, run_collection
+from trim_env.sources.collect import CollectionConfig, run_collection, shard_directory
 from trim_env.sources.factory import BackendSettings
+from trim_env.sources.problems import Shard
 
 
 @dataclass
@@ -99,7 +104,11 @@ def _run(cfg: DictConfig) -> None:
     check_boolean_overrides(cfg)
     summary = asyncio.run(run(cfg))
     print(format_summary(summary))
-    print(f"\nwrote the dataset to {cfg.out} (summary: {Path(cfg.out) / 'collection_summary.json'})")
+    if "shard" in summary:
+        shard = Shard.parse(summary["shard"])
+        print(f"\nwrote shard {shard} to {shard_directory(cfg.out, shard)}; once every shard is done: trim-collect-merge out={cfg.out}")
+    else:
+        print(f"\nwrote the dataset to {cfg.out} (summary: {Path(cfg.out) / 'collection_summary.json'})")
 
 
 def register_configs() -> None:

@@ -12,6 +12,12 @@ problem's id and content: a restart with other settings, or with a problems file
 (edited, reordered, grown or shrunk), is refused. A second collector on the same directory is
 refused while the first runs (``OUT/.lock``).
 
+Sharding: with ``shard`` (:class:`~trim_env.sources.problems.Shard`, ``problems.shard=i/n``) a run
+collects only its share of the problems into ``OUT/shards/i-of-n/`` (records, pins and summary as
+above, no dataset); the pins hold the whole problem list and the dataset's provenance, so
+:func:`merge_shards` writes the dataset of all shards into ``OUT`` without the problems file or the
+models, with the same train/test assignment and bytes as an unsharded run.
+
 Progress is reported through :mod:`logging` (logger ``trim_env.sources.collect``) and, when
 asked, a progress bar. :class:`CollectionConfig` is ``conf/collect.yaml`` typed, and
 :func:`run_collection` runs a whole collection from it (what ``scripts/collect_rollouts.py`` does).
@@ -20,6 +26,8 @@ asked, a progress bar. :class:`CollectionConfig` is ``conf/collect.yaml`` typed,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,15 +40,16 @@ from tqdm.auto import tqdm
 from trim_env.atomic import DirectoryLock, write_json
 from trim_env.sources.base import PRMScorer, StepGenerator
 from trim_env.sources.factory import BackendSettings, build_backends
-from trim_env.sources.problems import Problem, ProblemsSettings, load_problems
+from trim_env.sources.problems import Problem, ProblemsSettings, Shard, load_problems
 from trim_env.sources.query_tree import (
     ANCHOR_FIELDS,
     CollectSettings,
     QueryTree,
     collect_query,
 )
-from trim_env.sources.records import LOCK_FILE, RecordStore, pin_run
+from trim_env.sources.records import LOCK_FILE, SETTINGS_FILE, RecordStore, pin_run
 from trim_env.tree import (
+    MANIFEST,
     MAX_STEPS,
     NODE_INDEX,
     NODE_SCHEMA,
@@ -54,6 +63,10 @@ from trim_env.tree import (
 )
 
 SUMMARY_FILE = "collection_summary.json"
+#: ``OUT/shards/<i>-of-<n>/``: where shard i of n collects.
+SHARDS = "shards"
+#: Written by :func:`merge_shards` before the dataset: which shards it was merged from.
+MERGED_FILE = "merged_shards.json"
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +151,7 @@ async def collect(
     source: dict[str, Any] | None = None,
     concurrent_queries: int = 4,
     progress_bar: bool = True,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Collect every problem's tree into ``out`` (resuming a killed run) and write the dataset.
 
@@ -152,13 +166,21 @@ async def collect(
     :param source: extra provenance for the manifest (merged with the backends' descriptions).
     :param concurrent_queries: queries in flight at once (their levels' calls overlap).
     :param progress_bar: show a progress bar with ETA.
-    :returns: the summary (also written to ``out/collection_summary.json``).
+    :param shard: collect only this shard of ``problems`` into ``out/shards/i-of-n`` and write no
+        dataset (:func:`merge_shards` writes it from all shards); ``None``: every problem.
+    :returns: the summary (also written to ``collection_summary.json`` in the directory collected into).
     """
     out = Path(out)
-    splits = split_indices(len(problems), test_fraction, split_seed)
-    with DirectoryLock(out, "a collector", LOCK_FILE):
-        return await _collect_locked(problems, weak, strong, prm, settings, out, splits, test_fraction, split_seed,
-                                     source or {}, concurrent_queries, progress_bar)
+    splits = split_indices(len(problems), test_fraction, split_seed)  # over the whole set, sharded or not
+    directory = out if shard is None else shard_directory(out, shard)
+    with DirectoryLock(directory, "a collector", LOCK_FILE):
+        return await _collect_locked(problems, weak, strong, prm, settings, directory, splits, test_fraction, split_seed,
+                                     source or {}, concurrent_queries, progress_bar, shard)
+
+
+def shard_directory(out: str | Path, shard: Shard) -> Path:
+    """Where ``shard`` of the collection into ``out`` collects: ``out/shards/i-of-n``."""
+    return Path(out) / SHARDS / shard.name
 
 
 async def _collect_locked(
@@ -174,8 +196,9 @@ async def _collect_locked(
     source: dict[str, Any],
     concurrent_queries: int,
     progress_bar: bool,
+    shard: Shard | None,
 ) -> dict[str, Any]:
-    """:func:`collect` once ``out`` is locked by this process."""
+    """:func:`collect` once ``out`` (the shard's directory for a shard) is locked by this process."""
     pinned: dict[str, Any] = {
         "settings": asdict(settings),
         "test_fraction": test_fraction,
@@ -184,11 +207,16 @@ async def _collect_locked(
         "strong": strong.describe(),
         "prm": prm.describe(),
     }
+    manifest_source = {"kind": "collected", **source, **{key: pinned[key] for key in ("weak", "strong", "prm")},
+                       "max_steps": settings.max_steps, "seed": settings.seed, "test_fraction": test_fraction}
+    if shard is not None:  # what merge_shards checks across shards and writes into the manifest
+        pinned.update(shard=str(shard), manifest_source=manifest_source)
     pin_run(out, pinned, problems)
     store = RecordStore(out)
     done = store.done()
-    todo = [index for index in range(len(problems)) if index not in done]
-    logger.info("collecting %d of %d problems into %s (%d already done)", len(todo), len(problems), out, len(problems) - len(todo))
+    positions = range(len(problems)) if shard is None else shard.positions(len(problems))
+    todo = [index for index in positions if index not in done]
+    logger.info("collecting %d of %d problems into %s (%d already done)", len(todo), len(positions), out, len(positions) - len(todo))
     semaphore = asyncio.Semaphore(max(1, concurrent_queries))
     run_started, run_tokens, run_nodes = time.perf_counter(), 0, 0
 
@@ -196,7 +224,7 @@ async def _collect_locked(
         async with semaphore:
             return index, await collect_query(problems[index], weak, strong, prm, settings)
 
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="queries", unit="query", disable=not progress_bar)
+    bar = tqdm(total=len(positions), initial=len(positions) - len(todo), desc="queries", unit="query", disable=not progress_bar)
     tasks = [asyncio.ensure_future(one(index)) for index in todo]
     try:
         for finished in asyncio.as_completed(tasks):
@@ -208,26 +236,142 @@ async def _collect_locked(
             bar.set_postfix(tok_s=f"{run_tokens / elapsed:.0f}", nodes_min=f"{60 * run_nodes / elapsed:.0f}")
             bar.update()
             logger.info("query %s done: %d nodes, %d decoded tokens (%d/%d)", tree.problem.query_id, tree.num_nodes,
-                        int(tree.stats["weak_tokens"] + tree.stats["strong_tokens"]), bar.n, len(problems))
+                        int(tree.stats["weak_tokens"] + tree.stats["strong_tokens"]), bar.n, len(positions))
     finally:
         for task in tasks:
             task.cancel()
         bar.close()
     elapsed = time.perf_counter() - run_started
-    queries = [store.read(index, problem) for index, problem in enumerate(problems)]
-    trees = {name: build_trees([queries[i] for i in indices], settings.max_strong_steps) for name, indices in splits.items()}
-    manifest_source = {"kind": "collected", **source, **{key: pinned[key] for key in ("weak", "strong", "prm")},
-                       "max_steps": settings.max_steps, "seed": settings.seed, "test_fraction": test_fraction}
-    save_dataset(out, trees, manifest_source, settings.max_strong_steps, None, overwrite=True)
+    queries = [store.read(index, problems[index]) for index in positions]
+    if shard is None:
+        write_dataset(out, queries, splits, settings.max_strong_steps, manifest_source)
     summary = {
         **summarize(queries, {role: pinned[role]["name"] for role in ("weak", "strong", "prm")}),
         "this_run": {"queries": len(todo), "seconds": elapsed, "decoded_tokens": run_tokens, "nodes": run_nodes,
                      "tokens_per_s": run_tokens / elapsed if elapsed else 0.0,
                      "nodes_per_minute": 60 * run_nodes / elapsed if elapsed else 0.0},
     }
+    if shard is not None:
+        summary["shard"] = str(shard)
     write_json(out / SUMMARY_FILE, summary)
-    logger.info("wrote the dataset to %s: %d queries, %d nodes", out, summary["queries"], summary["nodes"])
+    logger.info("wrote %s to %s: %d queries, %d nodes", "the dataset" if shard is None else f"shard {shard}", out,
+                summary["queries"], summary["nodes"])
     return summary
+
+
+def write_dataset(
+    out: Path, queries: Sequence[QueryTree], splits: dict[str, np.ndarray], max_strong_steps: int, manifest_source: dict[str, Any]
+) -> None:
+    """Write the dataset of every problem's tree (``queries`` in problem order) into ``out``, ``manifest.json`` last."""
+    trees = {name: build_trees([queries[i] for i in indices], max_strong_steps) for name, indices in splits.items()}
+    save_dataset(out, trees, manifest_source, max_strong_steps, None, overwrite=True)
+
+
+def merge_shards(out: str | Path) -> dict[str, Any]:
+    """Write the dataset of a sharded collection into ``out`` from its finished shards in ``out/shards/``.
+
+    The shards must be every shard of one split (``0/n`` .. ``n-1/n``, each once), collected with
+    the same settings, backends and problems; each must be complete. The dataset (splits,
+    manifest and summary) is the one an unsharded run of the same settings writes, byte for byte:
+    the records, the whole problem list, the split seed and the manifest's provenance come from the
+    shards' pins. Merging again (e.g. after a shard was re-run) replaces a merged dataset; a dataset
+    in ``out`` that no merge wrote is refused.
+
+    :param out: the ``out`` the shards were collected with.
+    :returns: the summary of the merged dataset (also written to ``out/collection_summary.json``).
+    :raises ValueError: a shard is missing, duplicated, incomplete or collected with other settings or problems (naming it).
+    :raises FileExistsError: ``out`` holds a dataset that no merge wrote.
+    """
+    out = Path(out)
+    with DirectoryLock(out, "a collector or a merge", LOCK_FILE), contextlib.ExitStack() as locks:
+        shards, pins = _read_shards(out)
+        for directory in shards.values():  # a shard still being collected is refused
+            locks.enter_context(DirectoryLock(directory, "a collector", LOCK_FILE))
+        if (out / MANIFEST).exists() and not (out / MERGED_FILE).exists():
+            raise FileExistsError(f"{out / MANIFEST} exists but {out / MERGED_FILE} does not: {out} holds a dataset no merge wrote")
+        problems = pins["problems"]
+        queries: dict[int, QueryTree] = {}
+        for shard, directory in shards.items():
+            store = RecordStore(directory)
+            missing = [index for index in shard.positions(len(problems)) if index not in store.done()]
+            if missing:
+                raise ValueError(
+                    f"{directory}: shard {shard} is incomplete: {len(missing)} of its {len(shard.positions(len(problems)))} "
+                    f"problems are not collected (first: {problems[missing[0]][0]!r}); run it again with the same settings, "
+                    "it resumes"
+                )
+            for index in shard.positions(len(problems)):
+                queries[index] = store.read_pinned(index, problems[index])
+        collected = [queries[index] for index in range(len(problems))]
+        max_strong_steps = pins["settings"]["max_strong_steps"]
+        write_json(out / MERGED_FILE, {"shards": {str(shard): str(directory) for shard, directory in shards.items()}}, durable=True)
+        write_dataset(out, collected, split_indices(len(problems), pins["test_fraction"], pins["split_seed"]), max_strong_steps,
+                      pins["manifest_source"])
+        summary = {**summarize(collected, {role: pins[role]["name"] for role in ("weak", "strong", "prm")}),
+                   "shards": [str(shard) for shard in shards]}
+        write_json(out / SUMMARY_FILE, summary)
+    logger.info("merged %d shards into %s: %d queries, %d nodes", len(shards), out, summary["queries"], summary["nodes"])
+    return summary
+
+
+def _read_shards(out: Path) -> tuple[dict[Shard, Path], dict[str, Any]]:
+    """Every shard directory of ``out/shards`` by its shard (all ``0/n`` .. ``n-1/n``, in order), and their common pins."""
+    root = out / SHARDS
+    directories = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    if not directories:
+        raise FileNotFoundError(f"{root}: no shard directories; collect every shard first (problems.shard=i/n with out={out})")
+    found: list[tuple[Shard, Path, dict[str, Any]]] = []
+    for directory in directories:
+        path = directory / SETTINGS_FILE
+        if not path.is_file():
+            raise ValueError(f"{directory}: no {SETTINGS_FILE}, so it is not a shard a collector started; remove it from {root}")
+        try:
+            pins = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); this shard cannot be checked, collect it again") from error
+        if "shard" not in pins or "manifest_source" not in pins:
+            raise ValueError(f"{path}: no field 'shard': {directory} holds an unsharded collection, not a shard")
+        found.append((Shard.parse(pins.pop("shard")), path, pins))
+    first_shard, first_path, first_pins = found[0]
+    shards: dict[Shard, Path] = {}
+    for shard, path, pins in found:
+        if shard in shards:
+            raise ValueError(f"shard {shard} was collected twice, into {shards[shard]} and {path.parent}; keep one of them")
+        if shard.count != first_shard.count:
+            raise ValueError(
+                f"{path}: shard {shard} is one of {shard.count} shards, but {first_path} is one of {first_shard.count}; "
+                "merge the shards of one split only"
+            )
+        _check_same_pins(first_path, first_pins, path, pins)
+        shards[shard] = path.parent
+    count = first_shard.count
+    missing = [str(Shard(index, count)) for index in range(count) if Shard(index, count) not in shards]
+    if missing:
+        present = ", ".join(str(shard) for shard in sorted(shards, key=lambda shard: shard.index))
+        raise ValueError(
+            f"{root}: shard(s) {', '.join(missing)} of {count} missing (found {present}); "
+            f"collect them with the same settings (problems.shard={missing[0]} out={out})"
+        )
+    return dict(sorted(shards.items(), key=lambda item: item[0].index)), first_pins
+
+
+def _check_same_pins(first_path: Path, first_pins: dict[str, Any], path: Path, pins: dict[str, Any]) -> None:
+    """Refuse a shard pinned with other settings, backends or problems than the first shard: name the field."""
+    for key in sorted(set(first_pins) | set(pins)):
+        if first_pins.get(key) == pins.get(key):
+            continue
+        if key == "problems":
+            before, now = first_pins.get(key) or [], pins.get(key) or []
+            position = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
+            raise ValueError(
+                f"{path}: the shard's problems differ from {first_path}'s ({len(now)} and {len(before)} problems; first "
+                f"difference at position {position}): the shards were collected from different problem files; collect every "
+                "shard from the same problems"
+            )
+        raise ValueError(
+            f"{path}: field {key!r} differs from {first_path}'s ({pins.get(key)!r} here, {first_pins.get(key)!r} there): "
+            "the shards were collected with different settings; collect every shard with the same settings"
+        )
 
 
 @dataclass
@@ -266,7 +410,8 @@ class CollectionConfig:
 
 
 async def run_collection(config: CollectionConfig) -> dict[str, Any]:
-    """Load the problems and the backends ``config`` names, collect, and close the backends; the summary."""
+    """Load the problems and the backends ``config`` names, collect (one shard with ``problems.shard``), and close the backends; the summary."""
+    shard = Shard.parse(config.problems.shard) if config.problems.shard is not None else None
     problems = load_problems(config.problems)
     weak, strong, prm = build_backends(config.backends)
     source = {"problems": {key: getattr(config.problems, key) for key in ("bundled", "path", "dataset", "split", "limit", "offset")},
@@ -274,7 +419,7 @@ async def run_collection(config: CollectionConfig) -> dict[str, Any]:
     try:
         return await collect(problems, weak, strong, prm, CollectSettings(config.max_strong_steps, config.max_steps, config.seed),
                              config.out, test_fraction=config.test_fraction, split_seed=config.split_seed, source=source,
-                             concurrent_queries=config.concurrent_queries, progress_bar=config.progress_bar)
+                             concurrent_queries=config.concurrent_queries, progress_bar=config.progress_bar, shard=shard)
     finally:
         for backend in (weak, strong, prm):
             await backend.aclose()

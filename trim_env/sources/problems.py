@@ -8,6 +8,10 @@ or installation: ``bundled: math500`` (MATH-500, 500 problems) and ``bundled: gs
 A problem's identity for resuming a collection is its id plus a digest of its statement and
 answer (:func:`problem_digest`): a run resumed on a problems file that changed under the same ids
 is refused instead of mixing two problem sets.
+
+Sharding (``problems.shard = "i/n"``, :class:`Shard`): machine ``i`` of ``n`` collects the problems
+at positions ``i, i + n, i + 2n, ...`` of the whole set. Every shard still loads the whole set, so
+problem ids, sampling seeds and the train/test assignment are those of an unsharded run.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ProblemsSettings:
     :param level_field: the difficulty level's field (missing: level 0).
     :param limit: keep at most this many problems (after ``offset``; ``None``: all).
     :param offset: skip this many records first.
+    :param shard: ``"i/n"``: collect only shard ``i`` of ``n`` (:class:`Shard`); ``None``: every problem.
     """
 
     bundled: str | None = None
@@ -62,6 +67,50 @@ class ProblemsSettings:
     level_field: str = "level"
     limit: int | None = None
     offset: int = 0
+    shard: str | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the problems at positions ``index, index + count, ...`` of the whole set.
+
+    Interleaved rather than in blocks, so that a problem file sorted by difficulty gives every
+    shard a similar share of hard problems (and of work).
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Shard:
+        """Read ``"i/n"`` (``0 <= i < n``).
+
+        :raises ValueError: naming ``problems.shard`` and the value, for anything else.
+        """
+        index, slash, count = str(spec).partition("/")
+        if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+            raise ValueError(f"problems.shard = {str(spec)!r}: write the shard as i/n (e.g. 0/4: the first of 4 shards)")
+        shard = cls(int(index), int(count))
+        if shard.count < 1:
+            raise ValueError(f"problems.shard = {str(spec)!r}: the number of shards n of i/n must be at least 1")
+        if shard.index >= shard.count:
+            raise ValueError(
+                f"problems.shard = {str(spec)!r}: the shard index i of i/n counts from 0, so the {shard.count} shards are "
+                f"0/{shard.count} .. {shard.count - 1}/{shard.count}"
+            )
+        return shard
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def name(self) -> str:
+        """The shard's directory name, ``i-of-n``."""
+        return f"{self.index}-of-{self.count}"
+
+    def positions(self, n_problems: int) -> list[int]:
+        """Positions in the whole problem set (of ``n_problems``) that this shard collects."""
+        return list(range(self.index, n_problems, self.count))
 
 
 def bundled_problems_path(name: str) -> Path:

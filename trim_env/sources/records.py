@@ -64,6 +64,21 @@ class RecordStore:
         return tree
 
 
+    def read_pinned(self, index: int, pin: Sequence[str]) -> QueryTree:
+        """The record at ``index``, checked against its problem's pin ``[query id, digest]`` (see :func:`problem_pins`)."""
+        path = self.path(index)
+        try:
+            tree = QueryTree.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a valid query record ({error}); delete it and run the collection again") from error
+        if [tree.problem.query_id, problem_digest(tree.problem)] != list(pin):
+            raise ValueError(
+                f"{path}: holds problem {tree.problem.query_id!r}, but position {index} of the pinned problems is {pin[0]!r} "
+                "(or its text or answer differs); the records belong to another problem set"
+            )
+        return tree
+
+
 def problem_pins(problems: Sequence[Problem]) -> list[list[str]]:
     """``[query id, digest of statement and answer]`` per problem, in order: what a resumed run must find again."""
     return [[problem.query_id, problem_digest(problem)] for problem in problems]
