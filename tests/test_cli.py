@@ -27,7 +27,7 @@ def test_every_console_script_is_a_main_function_in_agents_cli() -> None:
     assert {"trim-simulate", "trim-collect", "trim-route"} <= set(SCRIPTS)
     for name, target in SCRIPTS.items():
         module, _, function = target.partition(":")
-        assert module == f"agents.cli.{name.removeprefix('trim-')}" and function == "main", (name, target)
+        assert module == f"agents.cli.{name.removeprefix('trim-').replace('-', '_')}" and function == "main", (name, target)
 
 
 @pytest.mark.parametrize("name", sorted(set(SCRIPTS) - PENDING))

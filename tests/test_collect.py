@@ -463,11 +463,11 @@ def test_real_smollm2_collection_trains_an_env_and_routes(tmp_path: Path):
     ("0/0", r"problems.shard = '0/0': the number of shards n of i/n must be at least 1"),
 ])
 def test_a_shard_that_is_not_i_of_n_is_refused_naming_the_setting(spec: str, message: str, tmp_path: Path):
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    from agents.cli.collect import register_configs  # noqa: PLC0415
-    from trim_env.sources.collect import CollectionConfig, run_collection  # noqa: PLC0415
+    from agents.cli.collect import register_configs
+    from trim_env.sources.collect import CollectionConfig, run_collection
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="test_shard_spec"):
