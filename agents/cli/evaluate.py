@@ -87,3 +87,7 @@ def main() -> None:
     """The ``trim-evaluate`` console script."""
     register_schemas()
     _app()
+
+
+if __name__ == "__main__":
+    main()
