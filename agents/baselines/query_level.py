@@ -12,6 +12,7 @@ confidence is below a threshold τ (τ = 0: never; τ > 1: always):
 - **knn**: SW-ranking-style similarity-weighted k nearest neighbours over the same inputs.
 
 The learned routers see inputs of the split they route and labels of their training split only.
+The registered policy kinds built on these signals are in :mod:`agents.baselines.query_routers`.
 """
 
 from __future__ import annotations

@@ -207,10 +207,10 @@ class QueryLevelRouter(ABC):
         """Outcomes of routing every query of ``trees``."""
         return route_queries(trees, self.escalate(trees))
 
-    def at(self, threshold: float, config: dict[str, Any] | None = None) -> QueryLevelRouter:
-        """The same router with threshold τ = ``threshold`` (and ``config``, if given)."""
+    def at(self, threshold: float, config: dict[str, Any]) -> QueryLevelRouter:
+        """The same confidence with threshold τ = ``threshold`` and self-description ``config``."""
         router = copy.copy(self)
-        QueryLevelRouter.__init__(router, threshold, self.config if config is None else config)
+        QueryLevelRouter.__init__(router, threshold, config)
         return router
 
     @classmethod
