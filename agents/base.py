@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -105,26 +105,32 @@ class Fitted:
 
 @dataclass
 class SweepPoint:
-    """One point a kind gives without training: its label, parameter and outcomes on the split."""
+    """One point a kind gives without training: its label, parameter and outcomes on the split.
+
+    :param extra: further fields of the ``results.json`` point (e.g. a query-level router's
+        ``weak_tokens_per_query``), added after the summary figures.
+    """
 
     label: str
     parameter: Any
     outcomes: Outcomes
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PolicyKind(Protocol):
     """What the registry maps a policy name to: a :class:`Router` subclass, or a class with the
-    same three class-level members (e.g. :class:`agents.export.SavedRouter`, which evaluates an
+    same class-level members (e.g. :class:`agents.export.SavedRouter`, which evaluates an
     exported router and trains nothing)."""
 
     Settings: ClassVar[type[RouterSettings] | None]
     config_groups: ClassVar[dict[str, type]]
+    sweep_trains: ClassVar[bool]
 
     @classmethod
     def fit(cls, settings: Any, data: TrainingData, **groups: Any) -> Fitted: ...
 
     @classmethod
-    def sweep(cls, settings: Any, trees: RolloutTrees) -> list[SweepPoint]: ...
+    def sweep(cls, settings: Any, trees: RolloutTrees, **training: RolloutTrees) -> list[SweepPoint]: ...
 
 
 class Router(ABC):
@@ -143,6 +149,9 @@ class Router(ABC):
     #: Further config groups :meth:`fit` reads (group name -> settings dataclass, e.g. ``ppo``);
     #: the entry point passes each as a keyword argument of that name.
     config_groups: ClassVar[dict[str, type]] = {}
+    #: :meth:`sweep` first learns on a training split, which entry points pass as ``training=``
+    #: (the learned query-level baselines); ``False``: the sweep reads only the routed split.
+    sweep_trains: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config: dict[str, Any] = dict(config or {})

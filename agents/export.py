@@ -155,6 +155,7 @@ class SavedRouter:
 
     Settings: ClassVar[type[RouterSettings] | None] = SavedRouterSettings
     config_groups: ClassVar[dict[str, type]] = {}
+    sweep_trains: ClassVar[bool] = False
 
     @classmethod
     def fit(cls, settings: SavedRouterSettings, data: TrainingData, **groups: Any) -> Fitted:

@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from agents.baselines.query_level import LogisticClassifier, query_features, select_and_fit, weak_solution_scores
+from agents.baselines.query_routers import ClassifierSettings
 from agents.baselines.real_trajectories import RealSolutions, load_real_solutions, math500_levels
 from agents.baselines.text_features import embed_texts
 from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
@@ -33,8 +34,8 @@ from trim_env.paths import checkout_root, config_dir
 
 #: L2 strengths tried for the text classifier (384 inputs, a few hundred training problems).
 TEXT_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0)
-#: L2 strengths tried for the simulator-feature classifier (as in conf/baselines.yaml).
-FEATURE_PENALTIES = (0.0, 0.001, 0.01, 0.1, 1.0)
+#: L2 strengths tried for the simulator-feature classifier: the classifier baseline's (policy=classifier).
+FEATURE_PENALTIES = tuple(ClassifierSettings().penalties)
 ROWS = ("n solutions", "weak accuracy", "min PRM score", "last PRM score", "MATH level", "classifier")
 
 

@@ -1,6 +1,6 @@
 """The whole frontier study on a dataset in one command: sweeps, baselines and the report.
 
-Runs, each in its own run dir under ``--out/runs``: the TRIM-Thr threshold sweep
+Runs, each in its own run dir under ``out/runs``: the TRIM-Thr threshold sweep
 (``scripts/evaluate.py``), all baselines and the hindsight oracle (``scripts/baselines.py``), and
 for each learned policy a Hydra multirun of ``train.py`` over the policy's λ grid
 (``sweep_lambdas`` in ``conf/policy/<name>.yaml``) and the seeds, jobs in parallel on the local
@@ -8,17 +8,17 @@ cores. A grid is then extended to smaller λ (the next value is half the smalles
 policy's own points reach PGR ≥ 0.95 (mean over seeds at one λ) or stop improving (less than
 0.01 PGR gained by the last extension). Finally
 ``scripts/frontier.py`` writes the report with the real TRIM-Thr frontier drawn beside the
-simulated ones. Prints the wall time of each stage.
+simulated ones. Prints the wall time of each stage and writes them to ``out/study_times.json``.
 
-Usage::
+Usage (a Hydra app, ``conf/run_frontier.yaml``; ``--help`` lists the settings)::
 
-    python scripts/run_frontier.py --out cached_rollouts/frontier                      # Thr, baselines, Agg, Seq, POMDP
-    python scripts/run_frontier.py --policies agg --seeds 0 --out report/              # a quick look
+    python scripts/run_frontier.py out=cached_rollouts/frontier                        # Thr, baselines, Agg, Seq, POMDP
+    python scripts/run_frontier.py out=report/ 'policies=[agg]' 'seeds=[0]'            # a quick look
+    python scripts/run_frontier.py out=report/ data_path=DIR                           # another dataset
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -26,8 +26,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from agents.cli.common import compose
+import hydra
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from agents.cli.common import read_int, register_schemas
+from agents.registry import registry
 from trim_env import atomic
+from trim_env.paths import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A grid stops being extended once its best point recovers this much of the gap...
@@ -62,8 +68,8 @@ def best_mean_pgr(sweep_dirs: list[Path], policy: str) -> tuple[float, float]:
                 by_lambda[lam].append(pgr)
     if not by_lambda:
         raise RuntimeError(f"no {policy} results under {[str(d) for d in sweep_dirs]}")
-    lam, pgrs = max(by_lambda.items(), key=lambda item: sum(item[1]) / len(item[1]))
-    return sum(pgrs) / len(pgrs), lam
+    best_lambda, best_pgrs = max(by_lambda.items(), key=lambda item: sum(item[1]) / len(item[1]))
+    return sum(best_pgrs) / len(best_pgrs), best_lambda
 
 
 def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path, data: list[str], times: dict[str, float]) -> None:
@@ -97,31 +103,50 @@ def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path
     print(f"== {policy}: PGR {best:.3f} after {MAX_EXTENSIONS} extensions", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="directory for the run dirs and the report")
-    parser.add_argument("--policies", nargs="+", default=["agg", "seq", "pomdp"], help="learned policies to sweep")
-    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
-    parser.add_argument("--data-path", default=None, help="dataset directory (default: the bundled data)")
-    args = parser.parse_args()
+def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """``(policies, seeds)`` of the config, refusing what the stages would fail on late (before any stage runs)."""
+    if OmegaConf.is_missing(cfg, "out"):
+        raise ValueError("out is missing: give the study's directory, e.g. python scripts/run_frontier.py out=cached_rollouts/frontier")
+    policies = [str(name) for name in cfg.policies]
+    for index, name in enumerate(policies):
+        registry().policy(name)  # an unknown name is an error listing the registered policies
+        if compose("config", [f"policy={name}"]).policy.get("sweep_lambdas") is None:
+            raise ValueError(f"policies[{index}] = {name!r} has no sweep_lambdas (λ grid) in its settings to sweep")
+    if not cfg.seeds:
+        raise ValueError("seeds is empty; give at least one training seed")
+    seeds = [str(read_int(cfg, f"seeds[{index}]", minimum=0)) for index in range(len(cfg.seeds))]
+    return policies, seeds
 
-    out = Path(args.out).resolve()
+
+@hydra.main(config_path=str(config_dir()), config_name="run_frontier", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    try:
+        policies, seeds = check_study(cfg)
+    except ValueError as error:  # RegistryError included
+        raise SystemExit(f"run_frontier.py: {error}") from None
+    out = Path(str(cfg.out)).resolve()
     runs = out / "runs"
-    data = [f"data.path={args.data_path}"] if args.data_path else []
+    data = [f"data.path={cfg.data_path}"] if cfg.data_path is not None else []
     python = sys.executable
     times: dict[str, float] = {}
     started = time.perf_counter()
     stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
     stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
-    for policy in args.policies:
+    for policy in policies:
         config = compose("config", [f"policy={policy}"]).policy  # with the settings dataclass's defaults
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
-        seeds = args.seeds if config.get("total_timesteps") is not None else args.seeds[:1]
-        sweep_policy(policy, [float(v) for v in config.sweep_lambdas], seeds, runs, data, times)
+        policy_seeds = seeds if config.get("total_timesteps") is not None else seeds[:1]
+        sweep_policy(policy, [float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
     stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", "real_reference=packaged"], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
     atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total})
+
+
+def main() -> None:
+    """Register the policies' settings dataclasses (the study reads their λ grids), then run."""
+    register_schemas()
+    _app()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ Usage (a Hydra app: ``conf/transfer.yaml``, which extends ``conf/baselines.yaml`
     python scripts/transfer.py out=outputs/transfer ['routers=[OUT/router, ...]'] [oracle.n_lambdas=50 ...]
 
 Writes ``OUT/transfer.md``, ``OUT/transfer.json`` and ``OUT/<dataset>/results.json`` (for
-``scripts/frontier.py``). Every setting of ``conf/baselines.yaml`` is overridden the same way.
-Run it as a script: ``frontier`` is imported from this directory (``scripts/frontier.py``).
+``trim-frontier``). Every setting of ``conf/baselines.yaml`` is overridden the same way (a
+baseline's settings as ``<name>.<field>``); the baselines come from the registry as in
+``trim-baselines`` (:func:`agents.cli.baselines.baseline_points`), the learned ones learning on the
+source's train split for every dataset.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agents import load_router
-from agents.baselines.suite import baseline_points, fit_query_routers
+from agents.cli.baselines import baseline_kinds, baseline_points
+from agents.cli.common import register_schemas
 from agents.cli.frontier import summarize_methods
 from agents.cli.strict import check_boolean_overrides, refuse_to_overwrite
 from agents.export import check_not_trained_on
@@ -60,13 +63,13 @@ def target_datasets(n_queries: int, seed: int, workdir: Path) -> dict[str, Rollo
 
 
 def dataset_points(
-    trees: RolloutTrees, thresholds: list[float], routers: list[Any], baselines: Any, cfg: DictConfig
+    trees: RolloutTrees, thresholds: list[float], routers: list[Any], training: RolloutTrees, cfg: DictConfig
 ) -> list[dict[str, Any]]:
-    """Anchors, TRIM-Thr, the baselines and the exported routers on one dataset."""
+    """Anchors, TRIM-Thr, the baselines (learned ones on ``training``) and the exported routers on one dataset."""
     anchors = reference(trees)
     points = anchor_points(trees)
     points += [make_point("thr", k, outcomes, anchors) for k, outcomes in zip(thresholds, run_thresholds(trees, thresholds))]
-    points += baseline_points(trees, baselines, cfg)
+    points += baseline_points(trees, cfg, lambda: training)
     for router in routers:
         label = f"router:{router.config['policy']}"
         points.append(make_point(label, router.config.get("lambda"), run_episodes(trees, router), anchors))
@@ -74,7 +77,7 @@ def dataset_points(
 
 
 def summarize(points: list[dict[str, Any]], trees: RolloutTrees) -> tuple[dict[str, dict[str, Any]], tuple[float, float] | None]:
-    """Frontier summary per method and the common ΔIBC cost range, as ``scripts/frontier.py`` makes them.
+    """Frontier summary per method and the common ΔIBC cost range, as ``trim-frontier`` makes them.
 
     CPT and APGR come from each method's own points plus the weak-only anchor; mean ΔIBC is taken
     over the dataset's common cost range of the non-oracle methods.
@@ -134,13 +137,14 @@ def markdown(
 
 
 @hydra.main(config_path=str(config_dir()), config_name="transfer", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     check_boolean_overrides(cfg)
     refuse_to_overwrite(cfg.out, ("transfer.md", "transfer.json"), bool(cfg.overwrite))
     thresholds = [float(k) for k in cfg.thr.thresholds]
     router_dirs = [str(path) for path in cfg.routers]
     routers = [load_router(path) for path in router_dirs]
-    baselines = fit_query_routers(load_trees(split="train"), cfg)
+    baseline_kinds(cfg)  # refuse unknown methods and bad settings before any data is simulated
+    training = load_trees(split="train")
     out = Path(cfg.out)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     references: dict[str, metrics.Reference] = {}
@@ -149,7 +153,7 @@ def main(cfg: DictConfig) -> None:
         for name, trees in target_datasets(int(cfg.target_queries), int(cfg.target_seed), Path(workdir)).items():
             for path in router_dirs:
                 check_not_trained_on(path, trees.query_id)
-            points = dataset_points(trees, thresholds, routers, baselines, cfg)
+            points = dataset_points(trees, thresholds, routers, training, cfg)
             run_dir = out / name.split(" ")[0]
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "results.json").write_text(json.dumps({"dataset": name, "points": points}, indent=2) + "\n")
@@ -173,6 +177,12 @@ def main(cfg: DictConfig) -> None:
     )
     print(report)
     print(f"\nwrote {out / 'transfer.md'}, {out / 'transfer.json'}")
+
+
+def main() -> None:
+    """Register the policies' settings dataclasses (``conf/policy/*.yaml`` extend them), then run."""
+    register_schemas()
+    _app()
 
 
 if __name__ == "__main__":

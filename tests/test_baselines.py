@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from agents.base import TrainingData
 from agents.baselines.oracle import lambda_grid, regenerate_is_better, run_oracle
 from agents.baselines.query_level import (
     ALWAYS_ESCALATE,
@@ -22,23 +23,28 @@ from agents.baselines.query_level import (
     select_and_fit,
     weak_solution_scores,
 )
+from agents.baselines.query_routers import QueryLevelRouter, load_query_router
 from agents.baselines.random_routing import run_random
-from agents.baselines.suite import baseline_points, check_methods, fit_query_routers
-from agents.registry import make_router
+from agents.cli.baselines import baseline_kinds, baseline_points
+from agents.cli.common import compose, settings_of
+from agents.cli.evaluate import evaluate
+from agents.registry import make_router, registry
 from trim_env import metrics
-from trim_env.evaluation import make_point, reference, run_episodes, run_thresholds
+from trim_env.data import load_trees
+from trim_env.evaluation import make_point, reference, run_episodes, run_thresholds, validation_objective
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 COST_UNIT = 10.0
-CONFIG = OmegaConf.load(ROOT / "conf" / "baselines.yaml")
+#: The baselines with a query-level router (one point per threshold τ).
+QUERY_LEVEL = ["automix-min", "automix-last", "classifier", "knn"]
 
 
-def _config(**changes: object) -> DictConfig:
-    """The shipped baselines config with a coarser oracle sweep and ``changes``."""
-    return OmegaConf.merge(CONFIG, {"oracle": {"n_lambdas": 40}}, changes)  # type: ignore[return-value]
+def _config(*overrides: str) -> DictConfig:
+    """The shipped baselines config with a coarser oracle sweep and ``overrides``."""
+    return compose("baselines", ["oracle.n_lambdas=40", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +98,7 @@ def test_oracle_return_per_query_is_at_least_every_routers(tiny_trees):
 
 def test_oracle_apgr_is_at_least_every_baselines_and_thrs(tiny_dataset_dir, simulated_pair):
     trees = load_split(tiny_dataset_dir, "train")
-    cfg = _config()
-    points = baseline_points(trees, fit_query_routers(simulated_pair[0], cfg), cfg)
+    points = baseline_points(trees, _config(), lambda: simulated_pair[0])
     anchors = reference(trees)
     thresholds = np.linspace(0, 1.01, 21)
     points += [make_point("thr", k, o, anchors) for k, o in zip(thresholds, run_thresholds(trees, thresholds))]
@@ -197,12 +202,11 @@ def test_learned_query_routers_predict_weak_success_from_simulated_features(simu
 
 def test_learned_query_routers_never_see_the_routed_splits_labels(simulated_pair):
     train, test = simulated_pair
-    cfg = _config(methods=["classifier", "knn"])
-    routers = fit_query_routers(train, cfg)
+    cfg = _config("methods=[classifier,knn]")
     relabelled = SimulatedTrees(test.params, test.seed, test.query_indices)
     relabelled.weak_only_correct = np.random.default_rng(0).permutation(test.weak_only_correct)
     relabelled.strong_only_correct = 1 - test.strong_only_correct
-    original, shuffled = baseline_points(test, routers, cfg), baseline_points(relabelled, routers, cfg)
+    original, shuffled = baseline_points(test, cfg, lambda: train), baseline_points(relabelled, cfg, lambda: train)
     assert [p["parameter"] for p in original] == [p["parameter"] for p in shuffled]
     assert [p["escalations_per_query"] for p in original] == [p["escalations_per_query"] for p in shuffled]
     assert [p["accuracy"] for p in original] != [p["accuracy"] for p in shuffled]
@@ -220,8 +224,74 @@ def test_query_level_inputs_are_checked(tiny_trees):
         quantile_thresholds(np.zeros(n), 1)
     with pytest.raises(ValueError, match="correct and failed"):
         select_and_fit(LogisticClassifier.fit, [{"penalty": 0.0}], np.zeros((20, 2)), np.ones(20, dtype=int))
-    with pytest.raises(ValueError, match="unknown baseline"):
-        check_methods(["automix-mean"])
+    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['automix-mean'\]"):
+        baseline_kinds(_config("methods=[automix-mean]"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Baseline kinds in the registry: fit, save/load, evaluate
+
+
+def _training_data(trees, lam: float = 0.01) -> TrainingData:
+    """The tiny train split with a fixed validation third, as trim-train would pass it."""
+    order = np.random.default_rng(0).permutation(trees.num_queries)
+    n_validation = trees.num_queries // 3
+    return TrainingData(trees=trees, train_queries=np.sort(order[n_validation:]), validation=trees.subset(np.sort(order[:n_validation])),
+                        lam=lam, cost_unit_tokens=COST_UNIT, seed=0, dataset_content_hash="tiny", split="train")
+
+
+@pytest.mark.parametrize("name", QUERY_LEVEL)
+def test_query_level_kind_fits_on_a_split_and_decides_the_same_after_save_and_load(name, tiny_dataset_dir, tmp_path):
+    train, test = load_split(tiny_dataset_dir, "train"), load_split(tiny_dataset_dir, "test")
+    kind = registry().policy(name)
+    settings = settings_of(compose("evaluate", [f"policy={name}"]).policy)
+    data = _training_data(train)
+    fitted = kind.fit(settings, data)
+    router = fitted.router
+    assert isinstance(router, QueryLevelRouter) and router.config["policy"] == name
+    outcomes = router.route(data.validation)
+    assert fitted.summary["validation_objective"] == pytest.approx(
+        validation_objective(outcomes.correct, outcomes.strong_tokens, data.lam, data.cost_unit_tokens))
+
+    loaded = load_query_router(router.save(tmp_path / "router"))
+    assert type(loaded) is type(router) and loaded.threshold == router.threshold
+    np.testing.assert_array_equal(loaded.confidence(test), router.confidence(test))
+    np.testing.assert_array_equal(loaded.escalate(test), router.escalate(test))
+    assert json.loads((tmp_path / "router" / "config.json").read_text())["settings"]["name"] == name
+
+
+def test_query_level_kinds_evaluate_through_the_registry_as_in_trim_baselines(tiny_dataset_dir):
+    data = [f"data.path={tiny_dataset_dir}", "data.persist_growth=false"]
+    routed = load_trees(path=tiny_dataset_dir, split="test", persist=False)  # growing, as trim-evaluate opens it
+    baselines = baseline_points(routed, _config(), lambda: load_split(tiny_dataset_dir, "train"))
+    for name in [*QUERY_LEVEL, "oracle"]:
+        sweep = ["policy.n_lambdas=40"] if name == "oracle" else []  # as _config's oracle
+        points = evaluate(compose("evaluate", [f"policy={name}", *data, *sweep]))
+        assert [p["policy"] for p in points[:2]] == ["weak-only", "strong-only"]
+        assert points[2:] == [p for p in baselines if p["policy"] == name], name
+        if name in QUERY_LEVEL:
+            assert all("weak_tokens_per_query" in p for p in points[2:])
+            assert points[2]["parameter"] == 0.0 and points[2]["strong_tokens_per_query"] == 0.0  # τ = 0 never escalates
+
+
+def test_learned_kinds_refuse_to_sweep_without_a_training_split_and_the_oracle_to_be_trained(tiny_trees):
+    for name in ("classifier", "knn"):
+        kind = registry().policy(name)
+        assert kind.sweep_trains
+        with pytest.raises(ValueError, match="learns on a training split"):
+            kind.sweep(settings_of(compose("evaluate", [f"policy={name}"]).policy), tiny_trees)
+    oracle = registry().policy("oracle")
+    settings = settings_of(compose("evaluate", ["policy=oracle", "policy.n_lambdas=5"]).policy)
+    with pytest.raises(ValueError, match="hindsight oracle"):
+        oracle.fit(settings, _training_data(tiny_trees))
+    swept = oracle.sweep(settings, tiny_trees)
+    expected = run_oracle(tiny_trees, lambda_grid(0.01, 3.0, 5), COST_UNIT, 4)
+    assert [p.parameter for p in swept] == list(lambda_grid(0.01, 3.0, 5))
+    for point, outcomes in zip(swept, expected):
+        np.testing.assert_array_equal(point.outcomes.correct, outcomes.correct)
+        np.testing.assert_array_equal(point.outcomes.strong_tokens, outcomes.strong_tokens)
+    with pytest.raises(ValueError, match="policy.n_lambdas"):
+        oracle.sweep(settings_of(compose("evaluate", ["policy=oracle", "policy.n_lambdas=1"]).policy), tiny_trees)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +345,7 @@ def test_real_llama_solutions_are_graded_with_math_verify(tmp_path):
 def test_baselines_cli_writes_results_that_frontier_gathers(tiny_dataset_dir, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "scripts" / "baselines.py"), f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
-               f"hydra.run.dir={out}", "oracle.n_lambdas=20", "validation_fraction=0.3"]
+               f"hydra.run.dir={out}", "oracle.n_lambdas=20", "classifier.validation_fraction=0.3"]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     points = json.loads((out / "results.json").read_text())["points"]

@@ -7,8 +7,12 @@ strong tokens.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +388,93 @@ def test_the_packaged_reference_is_the_one_calibration_reads() -> None:
 
     assert frontier.PACKAGED_REFERENCE.resolve() == DEFAULT_REFERENCE.resolve()
     assert DEFAULT_REFERENCE.exists() and math.isclose(json.loads(DEFAULT_REFERENCE.read_text())["math500_weak_only"]["accuracy"], 0.364)
+
+
+# ------------------------------------------------------------------------------------------------
+# The study driver (scripts/run_frontier.py, a Hydra app: conf/run_frontier.yaml)
+
+RUN_FRONTIER = ROOT / "scripts" / "run_frontier.py"
+
+
+def _run_frontier_module() -> Any:
+    """scripts/run_frontier.py as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location("run_frontier", RUN_FRONTIER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_frontier(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RUN_FRONTIER), *arguments], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_run_frontier_help_lists_its_settings_and_writes_nothing(tmp_path):
+    result = _run_frontier("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for setting in ("out: ???", "policies:", "seeds:", "data_path: null"):
+        assert setting in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "out is missing"),
+        (["out=OUT", "policies=[thr]"], "policies[0] = 'thr' has no sweep_lambdas"),
+        (["out=OUT", "policies=[nope]"], "unknown policy.name 'nope'"),
+        (["out=OUT", "seeds=[zero]"], "seeds[0] = 'zero' must be an integer"),
+    ],
+    ids=["no-out", "untrained-policy", "unknown-policy", "bad-seed"],
+)
+def test_run_frontier_refuses_bad_settings_before_any_stage(arguments, message, tmp_path):
+    result = _run_frontier(*[a.replace("OUT", str(tmp_path / "study")) for a in arguments], cwd=tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("pgr_at", "swept"),
+    [
+        # grid best 0.85; λ = 0.05 gains 0.05; λ = 0.025 gains nothing (< MIN_GAIN): stop
+        (lambda lam: min(0.9, 0.95 - lam), ["0.2,0.1", "0.05", "0.025"]),
+        # grid best 0.9; λ = 0.05 reaches PGR 0.95 = TARGET_PGR: stop
+        (lambda lam: 1.0 - lam, ["0.2,0.1", "0.05"]),
+        # every halving gains 2 λ: stops after MAX_EXTENSIONS = 4
+        (lambda lam: 0.9 - 4 * lam, ["0.2,0.1", "0.05", "0.025", "0.0125", "0.00625"]),
+    ],
+    ids=["stops-improving", "reaches-target", "max-extensions"],
+)
+def test_run_frontier_extends_a_grid_to_half_the_smallest_lambda_while_that_pays(pgr_at, swept, tmp_path, monkeypatch):
+    """Each fake train stage writes one point per λ (one seed) with PGR ``pgr_at(λ)``."""
+    module = _run_frontier_module()
+    commands: list[list[str]] = []
+
+    def fake_stage(name: str, command: list[str], times: dict[str, float]) -> None:
+        commands.append(command)
+        lambdas = [float(v) for v in next(a for a in command if a.startswith("lambda=")).removeprefix("lambda=").split(",")]
+        sweep_dir = Path(next(a for a in command if a.startswith("hydra.sweep.dir=")).removeprefix("hydra.sweep.dir="))
+        for lam in lambdas:
+            write_results(sweep_dir / f"lambda={lam}", [{**point("agg", lam, pgr_at(lam)), "pgr": pgr_at(lam), "lambda": lam}])
+        times[name] = times.get(name, 0.0) + 1.0
+
+    monkeypatch.setattr(module, "stage", fake_stage)
+    times: dict[str, float] = {}
+    module.sweep_policy("agg", [0.2, 0.1], ["0"], tmp_path, [], times)
+    assert [next(a for a in c if a.startswith("lambda=")) for c in commands] == [f"lambda={v}" for v in swept]
+    assert list(times) == ["agg grid"] + [f"agg extension{i}" for i in range(1, len(swept))]
+    assert module.best_mean_pgr([tmp_path / "agg-grid"], "agg") == (pytest.approx(pgr_at(0.1)), 0.1)
+
+
+@pytest.mark.slow
+def test_run_frontier_runs_every_stage_and_records_their_wall_times(tiny_dataset_dir, tmp_path):
+    dataset, study = tmp_path / "dataset", tmp_path / "study"
+    shutil.copytree(tiny_dataset_dir, dataset)  # the stages persist growth into the dataset they run on
+    result = _run_frontier(f"out={study}", "policies=[pomdp]", "seeds=[0,1]", f"data_path={dataset}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    times = json.loads((study / "study_times.json").read_text())
+    assert list(times["stages_s"])[:3] == ["thr", "baselines", "pomdp grid"] and list(times["stages_s"])[-1] == "report"
+    assert sorted(path.name for path in (study / "runs").iterdir())[:2] == ["baselines", "pomdp-grid"]
+    seeds = {json.loads(p.read_text())["points"][-1]["seed"] for p in (study / "runs" / "pomdp-grid").rglob("results.json")}
+    assert seeds == {0}  # solved, not trained: the first seed only
+    assert "| pomdp |" in (study / "frontier.md").read_text()

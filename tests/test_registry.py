@@ -34,10 +34,11 @@ def test_every_policy_config_names_a_class_with_the_plugin_shape():
     names = sorted(path.stem for path in POLICY_DIR.glob("*.yaml"))
     assert registry().names == names
     assert {"thr", "agg", "seq", "pomdp", "random", "first_step", "router"} <= set(names)
+    assert {"automix-min", "automix-last", "classifier", "knn", "oracle"} <= set(names)  # the baselines of trim-baselines
     for name in names:
         kind = registry().policy(name)
         assert dataclasses.is_dataclass(kind.Settings), name
-        assert callable(kind.fit) and callable(kind.sweep), name
+        assert callable(kind.fit) and callable(kind.sweep) and isinstance(kind.sweep_trains, bool), name
     kinds = {router_class.kind for router_class in registry().router_classes()}
     assert {"threshold", "actor", "pomdp", "random", "first_step"} <= kinds
     for router_class in registry().router_classes():

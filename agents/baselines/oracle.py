@@ -14,12 +14,19 @@ Trees that grow have no end, so the oracle solves them up to a cap: with ``max_s
 every path holding fewer than K strong steps may regenerate (:meth:`GrowingTrees.grow_complete`
 grows all of them first). It is then the upper bound for routers that regenerate at most K steps
 per query; an uncapped router could in principle beat it on a query that needs more.
+
+``policy=oracle`` (:class:`HindsightOracle`, ``conf/policy/oracle.yaml``) sweeps λ through the
+registry like every other kind; there is nothing to fit, save or deploy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import numpy as np
 
+from agents.base import Fitted, RouterSettings, SweepPoint, TrainingData
 from trim_env.env import DEFAULT_COST_UNIT_TOKENS
 from trim_env.evaluation import DecisionBatch, Outcomes, run_grid
 from trim_env.tree import RolloutTrees
@@ -153,3 +160,62 @@ def lambda_grid(low: float, high: float, count: int) -> np.ndarray:
     if not (0 < low < high) or count < 2:
         raise ValueError(f"need 0 < low ({low}) < high ({high}) and count ({count}) >= 2")
     return np.concatenate([[0.0], np.geomspace(low, high, count - 1)])
+
+
+@dataclass
+class OracleSettings(RouterSettings):
+    """The hindsight oracle's λ sweep (``policy=oracle``): λ = 0 and ``n_lambdas − 1`` log-spaced values.
+
+    :param lambda_min: smallest positive λ (> 0).
+    :param lambda_max: largest λ (> lambda_min).
+    :param n_lambdas: number of λ values (>= 2), one frontier point each.
+    :param cost_unit_tokens: strong tokens per cost unit of λ (> 0).
+    :param max_strong_steps: trees that grow are grown completely for the oracle, regenerating only
+        on paths with fewer than this many strong steps: the oracle bounds routers that regenerate
+        at most that often. ``None``: wherever a strong child is stored (frozen trees only).
+    """
+
+    lambda_min: float = 0.01
+    lambda_max: float = 3.0
+    n_lambdas: int = 100
+    cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS
+    max_strong_steps: int | None = 4
+
+    def check(self) -> OracleSettings:
+        if not (0 < self.lambda_min < self.lambda_max) or self.n_lambdas < 2:
+            raise ValueError(
+                f"policy.lambda_min = {self.lambda_min}, policy.lambda_max = {self.lambda_max}, policy.n_lambdas = {self.n_lambdas}: "
+                "need 0 < lambda_min < lambda_max and n_lambdas >= 2"
+            )
+        if not self.cost_unit_tokens > 0:
+            raise ValueError(f"policy.cost_unit_tokens = {self.cost_unit_tokens} must be > 0")
+        if self.max_strong_steps is not None and self.max_strong_steps < 1:
+            raise ValueError(f"policy.max_strong_steps = {self.max_strong_steps} must be >= 1 or null")
+        return self
+
+
+class HindsightOracle:
+    """The ``oracle`` policy: the hindsight-optimal routing of the evaluated split, one point per λ.
+
+    It reads the outcomes of the split it routes, so it is an upper bound to draw beside the
+    routers, not a router: it is neither fitted nor saved.
+    """
+
+    Settings: ClassVar[type[RouterSettings] | None] = OracleSettings
+    config_groups: ClassVar[dict[str, type]] = {}
+    sweep_trains: ClassVar[bool] = False
+
+    @classmethod
+    def fit(cls, settings: OracleSettings, data: TrainingData, **groups: Any) -> Fitted:
+        raise ValueError(
+            f"policy {settings.name!r} is the hindsight oracle: it reads the outcomes of the split it routes, so there is "
+            "nothing to train; evaluate it with trim-evaluate policy=oracle or trim-baselines"
+        )
+
+    @classmethod
+    def sweep(cls, settings: OracleSettings, trees: RolloutTrees) -> list[SweepPoint]:
+        """One point per λ of the grid, in one batch run."""
+        settings.check()
+        lambdas = lambda_grid(settings.lambda_min, settings.lambda_max, settings.n_lambdas)
+        outcomes = run_oracle(trees, lambdas, settings.cost_unit_tokens, settings.max_strong_steps)
+        return [SweepPoint(settings.name, float(lam), played) for lam, played in zip(lambdas, outcomes)]

@@ -12,6 +12,7 @@ confidence is below a threshold τ (τ = 0: never; τ > 1: always):
 - **knn**: SW-ranking-style similarity-weighted k nearest neighbours over the same inputs.
 
 The learned routers see inputs of the split they route and labels of their training split only.
+The registered policy kinds built on these signals are in :mod:`agents.baselines.query_routers`.
 """
 
 from __future__ import annotations
@@ -181,6 +182,15 @@ class LogisticClassifier:
     def confidence(self, inputs: np.ndarray) -> np.ndarray:
         return expit(self.standardize(inputs) @ self.weights + self.bias)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted parameters as named arrays (what a saved router stores)."""
+        return {"mean": self.standardize.mean, "scale": self.standardize.scale, "weights": self.weights, "bias": np.array([self.bias])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LogisticClassifier:
+        """The classifier whose :meth:`arrays` are ``arrays``."""
+        return cls(_Standardizer(arrays["mean"], arrays["scale"]), arrays["weights"], float(arrays["bias"][0]))
+
 
 @dataclass
 class SimilarityKNN:
@@ -225,6 +235,17 @@ class SimilarityKNN:
         near_distance = np.take_along_axis(distance, nearest, axis=1)
         weights = np.exp(-(near_distance - near_distance.min(axis=1, keepdims=True)) / self.temperature)
         return (weights * self.train_labels[nearest]).sum(1) / weights.sum(1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The stored training set and settings as named arrays (what a saved router stores)."""
+        return {"mean": self.standardize.mean, "scale": self.standardize.scale, "train_inputs": self.train_inputs,
+                "train_labels": self.train_labels, "neighbours": np.array([self.neighbours]), "temperature": np.array([self.temperature])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SimilarityKNN:
+        """The model whose :meth:`arrays` are ``arrays``."""
+        return cls(_Standardizer(arrays["mean"], arrays["scale"]), arrays["train_inputs"], arrays["train_labels"],
+                   int(arrays["neighbours"][0]), float(arrays["temperature"][0]))
 
 
 @dataclass

@@ -6,10 +6,12 @@ Examples::
     trim-evaluate policy=thr data.preset=math500-qwen1.5b-7b data.seed=1 data.n_queries=500
     trim-evaluate policy=router policy.path=OUT/router data.path=DIR
     trim-evaluate policy=random
+    trim-evaluate policy=classifier                  # learned query-level baselines learn on data.train_split first
 
 The policy's class comes from the registry (``conf/policy/<name>.yaml``) and gives its points
 (:meth:`agents.base.Router.sweep`): a threshold or probability sweep, or an exported router's
-point (``policy=router``). The weak-only and strong-only anchors of the split are always included.
+point (``policy=router``); kinds that learn before sweeping (``sweep_trains``: classifier, knn) are
+given ``data.train_split``. The weak-only and strong-only anchors of the split are always included.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agents.base import PolicyKind
 from agents.cli import config_dir
 from agents.cli.common import (
     read_bool,
@@ -32,9 +35,22 @@ from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import anchor_points, make_point, reference, write_results
 from trim_env.run_dirs import RunDirError
 from trim_env.store import GrowthBudgetSpent
+from trim_env.tree import RolloutTrees
 
 #: What an evaluation writes into its directory.
 OUTPUTS = ["results.json"]
+
+
+def learning_split(cfg: DictConfig, policy_class: type[PolicyKind]) -> dict[str, RolloutTrees]:
+    """``{"training": data.train_split}`` for a kind whose sweep learns first (``sweep_trains``), else nothing."""
+    if not policy_class.sweep_trains:
+        return {}
+    if cfg.data.preset is not None:
+        raise ValueError(
+            f"policy {cfg.policy.name!r} learns on a train split, which data.preset runs do not have; "
+            "use trim-baselines (it simulates preset_train_queries further queries to learn on) or data.path"
+        )
+    return {"training": load_trees(path=cfg.data.path, split=cfg.data.train_split, grow=False)}  # only anchors and features are read
 
 
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -50,8 +66,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     )
     anchors = reference(trees)
     points = anchor_points(trees)
-    for swept in policy_class.sweep(settings, trees):
-        points.append(make_point(swept.label, swept.parameter, swept.outcomes, anchors))
+    for swept in policy_class.sweep(settings, trees, **learning_split(cfg, policy_class)):
+        points.append({**make_point(swept.label, swept.parameter, swept.outcomes, anchors), **swept.extra})
     trees.flush()
     return points
 
