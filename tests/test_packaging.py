@@ -54,6 +54,8 @@ def test_without_a_checkout_the_cache_is_the_user_cache_dir(tmp_path: Path, monk
 
 def test_without_a_checkout_or_installed_data_the_error_says_to_reinstall(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(paths, "checkout_root", lambda: None)
+    # Neither a checkout nor the data package (an editable install maps trim_conf to a checkout's conf/).
+    monkeypatch.setattr(paths.importlib.util, "find_spec", lambda name, *args: None)
     with pytest.raises(FileNotFoundError, match=r"'trim_conf'.*reinstall trim"):
         paths.config_dir()
 
