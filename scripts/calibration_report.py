@@ -121,9 +121,9 @@ def main(cfg: DictConfig) -> None:
         f"# Calibration of preset `{args.preset}`",
         "",
         "Simulated figures (NOT real model output) against real figures measured with Qwen2.5-1.5B-Instruct (weak), "
-        "Qwen2.5-7B-Instruct (strong) and Qwen2.5-Math-PRM-7B on MATH-500 (source: `shared/data/reference/"
-        "trim_qwen1.5b_7b_math.json`, TRIM authors' release) and AUROCs from real MATH-500 trajectories "
-        "(`shared/README.md`).",
+        "Qwen2.5-7B-Instruct (strong) and Qwen2.5-Math-PRM-7B on MATH-500 (source: "
+        "`trim_env/references/trim_qwen1.5b_7b_math.json`, the TRIM authors' published figures) and AUROCs from real "
+        "MATH-500 trajectories (the constants in `trim_env/calibration.py`, with their sources).",
         f"Simulator: {args.n_queries} queries × seeds {{{seeds}}}, uncapped; mean ± SD over seeds.",
         f"Command: `python scripts/calibration_report.py preset={args.preset}`",
         "",
