@@ -205,6 +205,8 @@ def main() -> None:
             "server_cancelled_count": cancelled, "requests_in_flight_after": status["requests_in_flight"],
             "upstream_slots_held_after": held_slots,
             "served_after_cancellations": sum(record["status"] == 200 for record in after),
+            "failed_after_cancellations": [{"status": record["status"], "answer": record["answer"]} for record in after
+                                           if record["status"] != 200],
             "load_average": os.getloadavg(),
         }
     finally:

@@ -171,6 +171,13 @@ class ScriptedPRM:
         return pairs
 
 
+class _BackloggedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server with a listen backlog like uvicorn's: the standard library's 5 resets
+    connections when a routing server opens dozens at once (e.g. after cancelled requests closed its pool)."""
+
+    request_queue_size = 2048
+
+
 class TestingServer:
     """The server, run in a background thread while its ``with`` block lasts.
 
@@ -234,7 +241,7 @@ class TestingServer:
             self._failures.extend(failures)
 
     def __enter__(self) -> TestingServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _BackloggedHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="trim-testing-server", daemon=True)
         self._thread.start()
