@@ -110,7 +110,7 @@ def cli_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_cli_same_seed_gives_byte_identical_files(cli_datasets: dict[str, Path]) -> None:
     first, second = all_file_bytes(cli_datasets["seed0_a"]), all_file_bytes(cli_datasets["seed0_b"])
-    assert set(first) == {"manifest.json", "train/queries.parquet", "train/nodes.parquet", "test/queries.parquet", "test/nodes.parquet"}
+    assert set(first) == {"manifest.json", "README.md", "train/queries.parquet", "train/nodes.parquet", "test/queries.parquet", "test/nodes.parquet"}
     assert first == second
 
 

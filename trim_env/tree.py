@@ -17,10 +17,12 @@ Past the cap (no strong child) the environment plays weak steps to the end witho
 On disk a dataset is a directory::
 
     manifest.json                 schema version, source, K, node budget, splits, hashes
+    README.md                     dataset card: 🤗 datasets configs ``queries`` and ``nodes``, the source
     <split>/queries.parquet       one row per query (anchors for weak-only / strong-only runs)
     <split>/nodes.parquet         one row per node, in breadth-first order (parent < child)
 
-Node indices in ``nodes.parquet`` are row numbers within the split file.
+Node indices in ``nodes.parquet`` are row numbers within the split file. The card is not hashed:
+it is derived from the manifest (:func:`write_dataset_card`), so content hashes cover the data only.
 """
 
 from __future__ import annotations
@@ -330,8 +332,76 @@ def save_dataset(
         "splits": manifest_splits,
         "content_hash": content,
     }
+    write_text(directory / DATASET_CARD, dataset_card(manifest))
     write_text(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+#: The dataset card: what makes a dataset directory loadable with ``datasets.load_dataset(DIR, "nodes")``.
+DATASET_CARD = "README.md"
+
+
+def _describe_source(source: dict[str, Any]) -> str:
+    """One sentence on where the trees come from, from the manifest's ``source``."""
+    if source.get("kind") == "simulator":
+        return (f"Simulated rollout trees (NOT real model output) drawn from the trim simulator preset "
+                f"`{source.get('preset')}` with seed {source.get('seed')}.")
+    models = []
+    for role in ("weak", "strong", "prm"):
+        model = source.get(role)
+        if model is not None:
+            models.append(f"{role}: `{model.get('name') if isinstance(model, dict) else model}`")
+    described = "; ".join(models) if models else "models not recorded in the manifest"
+    return f"Rollout trees collected from real models ({described})."
+
+
+def dataset_card(manifest: dict[str, Any]) -> str:
+    """The dataset card (README.md) of a dataset with this manifest: YAML ``configs`` and a description.
+
+    Each config lists the split files explicitly, so ``<split>/growth/`` shards are not read: the
+    Parquet files hold the seed cache the manifest hashes, not nodes grown later (see :mod:`trim_env.store`).
+    """
+    splits = sorted(manifest["splits"])
+    lines = ["---", "configs:"]
+    for config in ("queries", "nodes"):
+        lines += [f"- config_name: {config}", "  data_files:"]
+        for split in splits:
+            lines += [f"  - split: {json.dumps(split)}", f"    path: {json.dumps(f'{split}/{config}.parquet')}"]
+    simulated = manifest["source"].get("kind") == "simulator"
+    lines += ["tags:", "- trim", "- rollout-trees"] + (["- synthetic"] if simulated else []) + ["---", ""]
+    budget = manifest.get("node_budget")
+    sizes = ", ".join(f"{split}: {manifest['splits'][split]['n_queries']} queries, {manifest['splits'][split]['n_nodes']} nodes"
+                      for split in splits)
+    lines += [
+        "# Rollout trees for step-level routing (trim)",
+        "",
+        _describe_source(manifest["source"]),
+        f"Cap K = {manifest['max_strong_steps']} strong steps per path, node budget {budget if budget is not None else 'none'} "
+        f"per query; {sizes}.",
+        "",
+        "Two configs: `queries` (one row per query) and `nodes` (one row per node of a query's tree). Node links "
+        "(`parent`, `weak_child`, `strong_child`, `root`) and `query` are **row positions within the split**: "
+        "shuffling, filtering, sorting or selecting rows breaks the trees. Rebuild the trees with "
+        "`trim_env.hf.trees_from_datasets(queries, nodes)`, which refuses reordered or filtered rows, and take "
+        "subsets with `RolloutTrees.subset`.",
+        "",
+        "The Parquet files hold the seed cache hashed in `manifest.json`. Nodes grown on demand later live in "
+        "`<split>/growth/` shards, linked by path keys, and are not part of these configs; trim's own loader "
+        "(`trim_env.store`) reads them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_dataset_card(directory: str | Path) -> Path:
+    """Write (or rewrite) the dataset card of an existing dataset directory from its manifest; returns its path.
+
+    The card is not hashed, so this changes no content hash and no digest.
+    """
+    manifest = read_manifest(directory)
+    path = Path(directory) / DATASET_CARD
+    write_text(path, dataset_card(manifest))
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,13 +469,18 @@ def _read_table(path: Path, expected_sha256: str | None, schema: tuple[Column, .
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise TreeFormatError(f"{path}: cannot be read as Parquet ({error}); the file is truncated or corrupt") from error
+    _check_columns(table, schema, path)
+    return table.combine_chunks()
+
+
+def _check_columns(table: pa.Table, schema: tuple[Column, ...], where: Path | str) -> None:
+    """Every column of ``schema`` is present with its type."""
     for column in schema:
         if column.name not in table.column_names:
-            raise TreeFormatError(f"{path}: missing column {column.name!r}")
+            raise TreeFormatError(f"{where}: missing column {column.name!r}")
         actual_type = table.schema.field(column.name).type
         if actual_type != column.dtype:
-            raise TreeFormatError(f"{path}: column {column.name!r} has type {actual_type}, expected {column.dtype}")
-    return table.combine_chunks()
+            raise TreeFormatError(f"{where}: column {column.name!r} has type {actual_type}, expected {column.dtype}")
 
 
 def _column_values(table: pa.Table, column: Column) -> Any:
@@ -452,6 +527,40 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
     )
 
 
+def trees_from_tables(
+    nodes: pa.Table,
+    queries: pa.Table,
+    nodes_name: str,
+    queries_name: str,
+    max_strong_steps: int | None = None,
+    node_budget: int | None = None,
+    link_hint: str = "",
+) -> RolloutTrees:
+    """Check and build one split from in-memory tables (e.g. a 🤗 datasets split) instead of files.
+
+    :param nodes_name: what the nodes table is called in error messages (it takes the place of a file name).
+    :param queries_name: likewise for the queries table; a table without ``root_key`` is read as schema version 1.
+    :param max_strong_steps: the cap K to check, or ``None`` (not checked, recorded as uncapped).
+    :param node_budget: recorded on the trees as is.
+    :param link_hint: appended to a broken-link error, saying what likely broke the links.
+    :raises TreeFormatError: with the table, query, node and field of the first problem found.
+    """
+    query_schema = QUERY_SCHEMA if "root_key" in queries.column_names else tuple(
+        c for c in QUERY_SCHEMA if c.name not in ADDED_IN_SCHEMA_2)
+    _check_columns(queries, query_schema, queries_name)
+    _check_columns(nodes, NODE_SCHEMA, nodes_name)
+    queries, nodes = queries.combine_chunks(), nodes.combine_chunks()
+    validator = _Validator(nodes, queries, Path(nodes_name), Path(queries_name), query_schema)
+    validator.link_hint = link_hint
+    validator.check(max_strong_steps)
+    return RolloutTrees(
+        **{column.name: _column_values(nodes, column) for column in NODE_SCHEMA},
+        **{column.name: _column_values(queries, column) for column in query_schema},
+        max_strong_steps=max_strong_steps,
+        node_budget=node_budget,
+    )
+
+
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds (for messages)."""
     return value.item() if isinstance(value, np.generic) else value
@@ -467,6 +576,8 @@ class _Validator:
         self.n_nodes, self.n_queries = nodes.num_rows, queries.num_rows
         self.query_ids: list[Any] = [None] * self.n_queries
         self.node_query = np.full(self.n_nodes, -1)
+        #: Appended to a broken-link error (index or tree-structure check), saying what likely broke the links.
+        self.link_hint = ""
 
     # -- messages
 
@@ -523,14 +634,23 @@ class _Validator:
         self.node_query = nodes.column("query").to_numpy()
         self._no_nulls(nodes, NODE_SCHEMA, self.node_error)
         self._no_nulls(queries, self.query_schema, self.query_error)
-        self._indices()
+        self._links(self._indices)
         if max_strong_steps is not None:
             strong_steps = nodes.column("strong_steps").to_numpy()
             bad = strong_steps > max_strong_steps
             if bad.any():
                 raise self.node_error(bad, "strong_steps", strong_steps, f"exceeds the manifest cap K = {max_strong_steps}")
-        self._structure()
+        self._links(self._structure)
         self._values()
+
+    def _links(self, check: Callable[[], None]) -> None:
+        """Run a link check, adding :attr:`link_hint` to its error."""
+        try:
+            check()
+        except TreeFormatError as error:
+            if not self.link_hint:
+                raise
+            raise TreeFormatError(f"{error}. {self.link_hint}") from error
 
     def _indices(self) -> None:
         """Every index column points inside the split, children after their parent, within one query."""
