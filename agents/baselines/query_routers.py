@@ -318,74 +318,69 @@ class AutoMixRouter(QueryLevelRouter):
         return cls(str(config.get("score")))
 
 
-class ClassifierRouter(QueryLevelRouter):
-    """Logistic regression on the query features and level, predicting that the weak model is right.
+class LearnedQueryRouter(QueryLevelRouter):
+    """A query-level router whose confidence is a model learned on the query features and level.
 
-    :param model: the fitted classifier.
+    :param model: the fitted confidence model (:attr:`model_type`).
     """
+
+    sweep_trains = True
+    #: The confidence model: ``fit(inputs, labels, **candidate)``, ``confidence``, ``arrays``, ``from_arrays``.
+    model_type: ClassVar[Any]
+
+    def __init__(self, model: Any, threshold: float = 0.0, config: dict[str, Any] | None = None) -> None:
+        super().__init__(threshold, config)
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def candidates(cls, settings: Any) -> list[dict[str, float]]:
+        """The hyper-parameter settings compared on validation."""
+
+    def confidence(self, trees: RolloutTrees) -> np.ndarray:
+        return self.model.confidence(query_features(trees))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.model.arrays()
+
+    @classmethod
+    def learn(cls, settings: LearnedQuerySettings, training: RolloutTrees | None) -> LearnedQueryRouter:
+        """Choose the hyper-parameters by validation AUROC on ``training``, refit on all of it."""
+        training = _required(settings, training)
+        labels = weak_is_good_enough(training, settings.label)
+        selection = select_and_fit(cls.model_type.fit, cls.candidates(settings), query_features(training), labels,
+                                   settings.validation_fraction, settings.seed)
+        return cls(selection.model, config={"selected": selection.setting})
+
+    @classmethod
+    def _restore(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> LearnedQueryRouter:
+        return cls(cls.model_type.from_arrays(arrays))
+
+
+class ClassifierRouter(LearnedQueryRouter):
+    """Logistic regression on the query features and level, predicting that the weak model is right."""
 
     kind = "query_classifier"
     Settings = ClassifierSettings
-    sweep_trains = True
-
-    def __init__(self, model: LogisticClassifier, threshold: float = 0.0, config: dict[str, Any] | None = None) -> None:
-        super().__init__(threshold, config)
-        self.model = model
-
-    def confidence(self, trees: RolloutTrees) -> np.ndarray:
-        return self.model.confidence(query_features(trees))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return self.model.arrays()
+    model_type = LogisticClassifier
 
     @classmethod
-    def learn(cls, settings: ClassifierSettings, training: RolloutTrees | None) -> ClassifierRouter:
-        """Choose the penalty by validation AUROC on ``training``, refit on all of it."""
-        training = _required(settings, training)
-        candidates = [{"penalty": float(p)} for p in settings.penalties]
-        labels = weak_is_good_enough(training, settings.label)
-        selection = select_and_fit(LogisticClassifier.fit, candidates, query_features(training), labels,
-                                   settings.validation_fraction, settings.seed)
-        return cls(selection.model, config={"selected": selection.setting})  # type: ignore[arg-type]
-
-    @classmethod
-    def _restore(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> ClassifierRouter:
-        return cls(LogisticClassifier.from_arrays(arrays))
+    def candidates(cls, settings: ClassifierSettings) -> list[dict[str, float]]:
+        """Each L2 penalty."""
+        return [{"penalty": float(p)} for p in settings.penalties]
 
 
-class KNNRouter(QueryLevelRouter):
-    """SW-ranking-style similarity-weighted k nearest neighbours over the query features and level.
-
-    :param model: the fitted neighbour model (its training set).
-    """
+class KNNRouter(LearnedQueryRouter):
+    """SW-ranking-style similarity-weighted k nearest neighbours over the query features and level."""
 
     kind = "query_knn"
     Settings = KNNSettings
-    sweep_trains = True
-
-    def __init__(self, model: SimilarityKNN, threshold: float = 0.0, config: dict[str, Any] | None = None) -> None:
-        super().__init__(threshold, config)
-        self.model = model
-
-    def confidence(self, trees: RolloutTrees) -> np.ndarray:
-        return self.model.confidence(query_features(trees))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return self.model.arrays()
+    model_type = SimilarityKNN
 
     @classmethod
-    def learn(cls, settings: KNNSettings, training: RolloutTrees | None) -> KNNRouter:
-        """Choose k and the temperature by validation AUROC on ``training``, refit on all of it."""
-        training = _required(settings, training)
-        candidates = [{"neighbours": int(k), "temperature": float(t)} for k in settings.neighbours for t in settings.temperatures]
-        labels = weak_is_good_enough(training, settings.label)
-        selection = select_and_fit(SimilarityKNN.fit, candidates, query_features(training), labels,
-                                   settings.validation_fraction, settings.seed)
-        return cls(selection.model, config={"selected": selection.setting})  # type: ignore[arg-type]
-
-    @classmethod
-    def _restore(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> KNNRouter:
-        return cls(SimilarityKNN.from_arrays(arrays))
+    def candidates(cls, settings: KNNSettings) -> list[dict[str, float]]:
+        """Each (k, temperature) pair."""
+        return [{"neighbours": int(k), "temperature": float(t)} for k in settings.neighbours for t in settings.temperatures]
 
 
 def _required(settings: RouterSettings, training: RolloutTrees | None) -> RolloutTrees:
