@@ -38,7 +38,6 @@ from agents.cli.common import (
 from agents.registry import registry
 from trim_env.data import load_trees
 from trim_env.evaluation import anchor_points, make_point, reference, write_results
-from trim_env.run_dirs import RunDirError
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import RolloutTrees
 
@@ -103,11 +102,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(config_path=str(config_dir()), config_name="baselines", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    try:
-        with run_dir(cfg, OUTPUTS) as out:
-            write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
-    except RunDirError as error:
-        raise SystemExit(f"trim-baselines: {error}") from None
+    with run_dir(cfg, OUTPUTS, "trim-baselines") as out:
+        write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
 
 
 def main() -> None:

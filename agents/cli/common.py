@@ -29,7 +29,8 @@ from agents.cli import config_dir
 from agents.export import write_training_queries
 from agents.registry import registry
 from trim_env import atomic
-from trim_env.run_dirs import claim_run_dir
+from trim_env.run_dirs import RunDirError, claim_run_dir
+from trim_env.store import GrowthBudgetSpent
 
 
 def register_schemas() -> None:
@@ -98,12 +99,14 @@ def read_cost_unit_tokens(cfg: DictConfig) -> float:
 
 
 @contextmanager
-def run_dir(cfg: DictConfig, outputs: list[str]) -> Iterator[Path]:
+def run_dir(cfg: DictConfig, outputs: list[str], command: str) -> Iterator[Path]:
     """Claim Hydra's output directory for this run (see :func:`trim_env.run_dirs.claim_run_dir`).
 
     The run's config is recorded under ``.hydra/`` only once the directory is claimed (the
     configs set ``hydra.output_subdir: null`` so that Hydra does not write it before): a refused
-    run leaves the directory as it was.
+    run leaves the directory as it was. A refused directory or a spent growth budget ends the
+    run with a message prefixed by ``command`` instead of a traceback (every grown batch is on
+    disk already: it was persisted as it was grown).
     """
     hydra_config = HydraConfig.get()
     config_files = {
@@ -111,8 +114,13 @@ def run_dir(cfg: DictConfig, outputs: list[str]) -> Iterator[Path]:
         "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_config}),
         "overrides.yaml": OmegaConf.to_yaml(hydra_config.overrides.task),
     }
-    with claim_run_dir(hydra_config.runtime.output_dir, outputs, read_bool(cfg, "overwrite"), config_files) as directory:
-        yield directory
+    try:
+        with claim_run_dir(hydra_config.runtime.output_dir, outputs, read_bool(cfg, "overwrite"), config_files) as directory:
+            yield directory
+    except GrowthBudgetSpent as spent:
+        raise SystemExit(f"{command}: {spent}") from spent
+    except RunDirError as error:
+        raise SystemExit(f"{command}: {error}") from None
 
 
 def export_router(directory: Path, router: Router, training_query_ids: list[str]) -> Path:

@@ -33,8 +33,6 @@ from agents.cli.common import (
 from agents.registry import registry
 from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import anchor_points, make_point, reference, write_results
-from trim_env.run_dirs import RunDirError
-from trim_env.store import GrowthBudgetSpent
 from trim_env.tree import RolloutTrees
 
 #: What an evaluation writes into its directory.
@@ -74,13 +72,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    try:
-        with run_dir(cfg, OUTPUTS) as out:
-            write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
-    except GrowthBudgetSpent as spent:  # every grown batch is on disk already (persisted as it was grown)
-        raise SystemExit(f"trim-evaluate: {spent}") from spent
-    except RunDirError as error:
-        raise SystemExit(f"trim-evaluate: {error}") from None
+    with run_dir(cfg, OUTPUTS, "trim-evaluate") as out:
+        write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -47,8 +47,6 @@ from trim_env.evaluation import (
     run_episodes,
     write_results,
 )
-from trim_env.run_dirs import RunDirError
-from trim_env.store import GrowthBudgetSpent
 from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
@@ -112,14 +110,9 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    try:
-        with run_dir(cfg, OUTPUTS) as out:
-            results = train(cfg, out)
-            write_results(out, results["config"], results["points"])
-    except GrowthBudgetSpent as spent:  # every grown batch is on disk already (persisted as it was grown)
-        raise SystemExit(f"trim-train: {spent}") from spent
-    except RunDirError as error:
-        raise SystemExit(f"trim-train: {error}") from None
+    with run_dir(cfg, OUTPUTS, "trim-train") as out:
+        results = train(cfg, out)
+        write_results(out, results["config"], results["points"])
 
 
 def main() -> None:
