@@ -97,3 +97,29 @@ def test_a_plain_install_works_from_an_unrelated_directory(tmp_path: Path) -> No
     run(str(bin_dir / "trim-simulate"), "preset=math500-qwen1.5b-7b", "n_queries=6", "seed=0", f"out={tmp_path / 'dataset'}")
     assert (tmp_path / "dataset" / "manifest.json").is_file()
     assert sorted(p.name for p in elsewhere.iterdir()) == []
+
+
+#: Packages of the optional extras (real, serve, serve-llama); a plain `pip install .` has none of them.
+OPTIONAL_PACKAGES = ("httpx", "fastapi", "uvicorn", "prometheus_client", "openai", "llama_cpp", "math_verify", "gguf", "accelerate")
+
+
+@pytest.mark.parametrize("module", ["agents.cli.train", "agents.cli.evaluate"])
+def test_training_and_evaluation_need_none_of_the_optional_extras(module: str, tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    """The README's first command runs after `pip install -e .` alone: no app imports an extra's package on its way."""
+    blocker = (
+        "import runpy, sys\n"
+        "class Blocked:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {OPTIONAL_PACKAGES!r}:\n"
+        "            raise ImportError(f'{name} belongs to an optional extra')\n"
+        "sys.meta_path.insert(0, Blocked())\n"
+        f"runpy.run_module({module!r}, run_name='__main__')\n"
+    )
+    overrides = ["policy=thr", "lambda=0.01", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "progress_bar=false",
+                 f"hydra.run.dir={tmp_path / 'run'}"]
+    if module.endswith("evaluate"):
+        overrides.remove("lambda=0.01")
+        overrides.remove("progress_bar=false")
+    result = subprocess.run([sys.executable, "-c", blocker, *overrides], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "results.json").is_file()

@@ -1,11 +1,11 @@
 """A Hydra callback that removes API keys given as settings before a run writes anything.
 
 Backends read their key from the environment variable that ``api_key_env`` names
-(:func:`~trim_env.sources.openai_http.check_api_key_env` refuses a value that looks like a key).
+(:func:`~trim_env.sources.api_keys.check_api_key_env` refuses a value that looks like a key).
 That check runs when the backends are built, but a Hydra app has by then written its config and
 overrides to ``.hydra/``. This callback runs at the start of the run, before any file is written:
 an ``api_key_env`` that looks like a key (``weak.api_key_env=sk-...``) is replaced by
-:data:`~trim_env.sources.openai_http.REMOVED_SECRET` in the config and in the recorded overrides,
+:data:`~trim_env.sources.api_keys.REMOVED_SECRET` in the config and in the recorded overrides,
 so the key is never stored, and building the backends then stops the run with a message naming
 the field. (Hydra turns exceptions of callbacks into warnings, so the callback scrubs rather than
 raises.) Apps enable it in their config::
@@ -24,7 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, read_write
 
-from trim_env.sources.openai_http import REMOVED_SECRET, check_api_key_env
+from trim_env.sources.api_keys import REMOVED_SECRET, check_api_key_env
 
 
 def api_key_settings(config: Any, where: str = "") -> Iterator[tuple[Any, str, str]]:
