@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from agents.base import Fitted, Router, RouterSettings, TrainingData
+from agents.checkpoints import CHECKPOINT_DIR
 from agents.export import CONFIG_FILE, WEIGHTS_FILE, write_router
 from agents.networks import ACTIVATIONS, ActorNetwork
 
@@ -64,6 +65,9 @@ class PPOSettings:
     lambda_warmup_fraction: float = 0.3
     #: Evaluate on the validation queries every this many steps.
     eval_every: int = 10_000
+    #: Write a resumable checkpoint (``<run dir>/checkpoints/``) at the first rollout boundary
+    #: after every this many steps; 0: none. ``resume=PATH`` continues a killed run from its latest.
+    checkpoint_every: int = 50_000
     device: str = "cpu"
     #: Torch threads. One is fastest for these small networks on a 2-core machine; more threads
     #: wait on each other whenever another process holds a core.
@@ -76,6 +80,8 @@ class PPOSettings:
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} = {getattr(self, name)} must be at least 1")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"ppo.checkpoint_every = {self.checkpoint_every!r} must be an integer >= 0 (0: no checkpoints)")
         if self.n_envs > MAX_N_ENVS:
             raise ValueError(f"ppo.n_envs = {self.n_envs} is more parallel episodes than {MAX_N_ENVS}; use a smaller number")
         for name in ("learning_rate", "clip_range", "vf_coef", "max_grad_norm"):
@@ -186,7 +192,9 @@ class ActorRouter(Router):
         spec = PolicySpec(settings.observation, list(settings.hidden), settings.activation,
                           asdict(settings.seq) if settings.observation == "seq" else {})
         result = train_router(data.trees, data.train_queries, data.validation, spec, ppo_settings, settings.total_timesteps,
-                              data.lam, data.cost_unit_tokens, data.seed, data.progress_bar, data.log)
+                              data.lam, data.cost_unit_tokens, data.seed, data.progress_bar, data.log,
+                              checkpoint_dir=None if data.run_dir is None else data.run_dir / CHECKPOINT_DIR,
+                              resume_from=data.resume_from, run_config=data.identity(settings), tensorboard_dir=data.tensorboard_dir)
         observation_dim = result.observation_dim
         config = {**data.identity(settings), "ppo": asdict(ppo_settings), "kind": cls.kind, "observation": settings.observation,
                   "network": settings.network(observation_dim)}

@@ -64,6 +64,10 @@ class TrainingData:
     :param split: the split ``trees`` is.
     :param progress_bar: show a progress bar while training.
     :param log: called with a dict of metrics and a step count during training (experiment tracker).
+    :param run_dir: the run's directory: trainers that checkpoint write ``checkpoints/`` there
+        (``None``: no files, e.g. an in-memory fit).
+    :param resume_from: a checkpoint to continue from (``resume=PATH``; trainers that checkpoint only).
+    :param tensorboard_dir: where a trainer writes its own log as TensorBoard events (``logger=tensorboard``).
     """
 
     trees: RolloutTrees
@@ -76,6 +80,9 @@ class TrainingData:
     split: str
     progress_bar: bool = False
     log: Callable[[dict[str, float], int], None] | None = None
+    run_dir: Path | None = None
+    resume_from: Path | None = None
+    tensorboard_dir: Path | None = None
 
     @property
     def data_key(self) -> str:

@@ -256,3 +256,75 @@ class StepRoutingVecEnv(VecEnv):
         if isinstance(indices, int):
             return [indices]
         return list(indices)
+
+    # ------------------------------------------------------------------------------------------
+    # Episode state, for resuming a training run
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything the next ``step`` depends on, as plain arrays (for a training checkpoint).
+
+        The envs' current nodes are recorded as paths from their query's root (``True`` = strong
+        step), not as node ids: a growing store's ids depend on the order its growth shards are
+        loaded in, while a path names the same node (the same content) in any process.
+        """
+        trees = self.trees
+        return {
+            "observation": self.observation,
+            "lam": self.lam,
+            "orders": np.stack(self._orders),
+            "positions": self._positions.copy(),
+            "query": self._query.copy(),
+            "paths": [trees.step_is_strong[trees.path(int(node))].astype(bool).tolist() for node in self._node],
+            "steps": self._steps.copy(),
+            "strong_tokens": self._strong_tokens.copy(),
+            "escalations": self._escalations.copy(),
+            "cap_reached": self._cap_reached.copy(),
+            "seq": self._seq.copy(),
+            "started": self._started,
+            "skipped_total": self.skipped_total,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue the episodes recorded by :meth:`get_state` (same trees' queries, ``n_envs`` and observation).
+
+        Each env's node is found again by walking its path from the root, growing a missing child
+        where the trees can grow (a run that did not persist its growth).
+
+        :raises ValueError: the state is of another env (naming what differs).
+        """
+        orders = np.asarray(state["orders"])
+        if state["observation"] != self.observation:
+            raise ValueError(f"env state is of observation {state['observation']!r}, this env has {self.observation!r}")
+        if orders.shape != (self.num_envs, len(self.queries)) or not np.array_equal(np.sort(orders[0]), np.sort(self.queries)):
+            raise ValueError(
+                f"env state holds {orders.shape[0]} envs over {orders.shape[1]} queries; this env has {self.num_envs} "
+                f"envs over {len(self.queries)} queries (or other queries)"
+            )
+        trees = self.trees
+        nodes = np.zeros(self.num_envs, dtype=np.int64)
+        for env, (query, path) in enumerate(zip(state["query"], state["paths"])):
+            node = np.array([trees.root[int(query)]], dtype=np.int64)
+            for depth, strong in enumerate(path):
+                (trees.grow_strong if strong else trees.grow_weak)(node)
+                child = int((trees.strong_child if strong else trees.weak_child)[node[0]])
+                if child < 0:
+                    raise ValueError(
+                        f"env state: env {env}'s node (query {trees.query_id[int(query)]!r}, step {depth + 1} "
+                        f"{'strong' if strong else 'weak'}) is not in these trees and cannot be grown"
+                    )
+                node[0] = child
+            nodes[env] = node[0]
+        self.set_lambda(float(state["lam"]))
+        self._orders = [row.copy() for row in orders]
+        self._positions = np.array(state["positions"], dtype=np.int64)
+        self._query = np.array(state["query"], dtype=np.int64)
+        self._node = nodes
+        self._steps = np.array(state["steps"], dtype=np.int64)
+        self._strong_tokens = np.array(state["strong_tokens"], dtype=np.int64)
+        self._escalations = np.array(state["escalations"], dtype=np.int64)
+        self._cap_reached = np.array(state["cap_reached"], dtype=bool)
+        self._seq = np.array(state["seq"], dtype=np.float32)
+        self._started = bool(state["started"])
+        self.skipped_total = int(state["skipped_total"])
+        # Seeds given before (PPO.load seeds its env) would rebuild the orders at a reset.
+        self._reset_seeds()

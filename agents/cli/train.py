@@ -12,6 +12,10 @@ router in ``OUT/router/`` and, for trained kinds, ``OUT/training_history.json``;
 The checkpoint (or threshold) is chosen on a validation part of the train split by the env's
 return, accuracy − λ · cost; the test split is only used for the final evaluation. A directory
 that already holds results is refused unless ``overwrite=true``.
+
+PPO policies write a checkpoint every ``ppo.checkpoint_every`` steps to ``OUT/checkpoints/``;
+``resume=PATH`` (a run directory, its latest checkpoint, or one checkpoint zip) continues a killed
+run in its own directory to the result the uninterrupted run gives (:mod:`agents.checkpoints`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from agents.base import TrainingData
+from agents.checkpoints import CHECKPOINT_DIR, find_checkpoint, run_dir_of
 from agents.cli import config_dir
 from agents.cli.common import (
     export_router,
@@ -37,7 +42,7 @@ from agents.cli.common import (
 )
 from agents.export import load_router
 from agents.registry import registry
-from agents.tracking import make_tracker
+from agents.tracking import TensorBoardTracker, make_tracker
 from trim_env import atomic
 from trim_env.data import default_dataset_dir, growth_source, load_trees
 from trim_env.evaluation import (
@@ -51,8 +56,11 @@ from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
 VALIDATION_SPLIT_SEED = 12345
-#: What a training run writes into its directory (their presence means it holds results).
-OUTPUTS = ["results.json", "router", "training_history.json", "wandb"]
+#: What a finished training run writes into its directory.
+RESULTS = ["results.json", "router", "training_history.json"]
+#: Everything a training run writes into its directory (their presence means it holds a run); a
+#: resumed run continues the checkpoints and logs of a killed one, refusing only its results.
+OUTPUTS = [*RESULTS, "wandb", TensorBoardTracker.SUBDIR, CHECKPOINT_DIR]
 
 
 def split_validation(trees: RolloutTrees, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +86,11 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     policy_class = registry().policy(str(cfg.policy.name))
     settings = settings_of(cfg.policy).check()
     groups = {name: settings_of(cfg[name]).check() for name in policy_class.config_groups}
+    resume_from = None
+    if cfg.get("resume") is not None:
+        if "ppo" not in policy_class.config_groups:
+            raise ValueError(f"resume = {cfg.resume}: policy {cfg.policy.name} is not trained with PPO and has no checkpoints")
+        resume_from = find_checkpoint(str(cfg.resume))
 
     data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
     grow, persist = read_bool(cfg, "data.grow"), read_bool(cfg, "data.persist_growth")
@@ -91,7 +104,8 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data = TrainingData(
         trees=train_trees, train_queries=train_queries, validation=validation, lam=lam, cost_unit_tokens=cost_unit, seed=seed,
         dataset_content_hash=read_manifest(data_dir)["content_hash"], split=str(cfg.data.train_split),
-        progress_bar=progress_bar, log=tracker.log,
+        progress_bar=progress_bar, log=tracker.log, run_dir=out, resume_from=resume_from,
+        tensorboard_dir=tracker.directory if isinstance(tracker, TensorBoardTracker) else None,
     )
     fitted = policy_class.fit(settings, data, **groups)
     router_dir = export_router(out / "router", fitted.router, train_trees.query_id)  # training and validation parts
@@ -108,9 +122,20 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return {"config": resolved, "points": [*anchor_points(test_trees), point]}
 
 
+def resume_run_dir(resume: str | None, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's own directory with ``resume=PATH``, else ``default``
+    (the ``trim_resume_run_dir`` resolver in ``conf/config.yaml``)."""
+    if resume is None:
+        return default
+    try:
+        return str(run_dir_of(resume))
+    except FileNotFoundError as error:
+        raise SystemExit(f"trim-train: {error}") from None
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    with run_dir(cfg, OUTPUTS, "trim-train") as out:
+    with run_dir(cfg, RESULTS if cfg.get("resume") is not None else OUTPUTS, "trim-train") as out:
         results = train(cfg, out)
         write_results(out, results["config"], results["points"])
 
@@ -118,6 +143,7 @@ def _app(cfg: DictConfig) -> None:
 def main() -> None:
     """The ``trim-train`` console script."""
     register_schemas()
+    OmegaConf.register_new_resolver("trim_resume_run_dir", resume_run_dir, replace=True)
     _app()
 
 
