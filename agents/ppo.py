@@ -5,6 +5,12 @@ train stable-baselines3 PPO (MLP actor-critic over the Agg features, or a transf
 extractor over the Seq sequence), evaluate the deterministic policy on a held-out validation part
 of the training split at regular intervals, keep the best checkpoint by
 ``accuracy − λ · cost`` (the env's own return), and export its actor.
+
+The loop is SB3's: the env is wrapped in ``VecMonitor`` (episode return and length in SB3's
+log), :class:`TrainingSchedule` anneals the entropy bonus and warms λ up, :class:`ValidationCallback`
+(an ``EvalCallback``) validates, and :class:`RolloutCheckpointCallback` (a ``CheckpointCallback``)
+writes checkpoints from which :func:`train_router` (``resume_from``) continues a killed run to the
+result of the uninterrupted one.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def test_seeds_are_honoured(runs, tiny_dataset_dir, tmp_path, single_thread):
 def test_every_policy_and_logger_option_composes():
     policies = sorted(path.stem for path in (CONF / "policy").glob("*.yaml"))
     loggers = sorted(path.stem for path in (CONF / "logger").glob("*.yaml"))
-    assert {"agg", "seq", "thr"} <= set(policies) and {"none", "wandb"} <= set(loggers)
+    assert {"agg", "seq", "thr"} <= set(policies) and {"none", "wandb", "tensorboard"} <= set(loggers)
     for policy in policies:
         for logger in loggers:
             cfg = compose_config(f"policy={policy}", f"logger={logger}", "lambda=0.02")
@@ -412,6 +412,41 @@ def test_wandb_offline_run(tiny_dataset_dir, tmp_path):
     assert records[-1].WhichOneof("record_type") == "exit" and records[-1].exit.exit_code == 0
     for debug_log in out.glob("**/debug*.log"):
         assert "127.0.0.1:9" not in debug_log.read_text(errors="replace"), f"{debug_log} records a network attempt"
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorBoard and the training log
+
+
+def test_tensorboard_logger_writes_sb3_and_validation_scalars(tiny_dataset_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = run_script("train.py", *overrides("agg", tiny_dataset_dir, "logger=tensorboard", f"hydra.run.dir={out}"))
+    assert result.returncode == 0, result.stderr
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    # SB3's own log (VecMonitor's episodes, PPO's losses), the validation records, the test metrics.
+    assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/value_loss", "train/entropy_loss", "time/fps"} <= tags, tags
+    assert {"validation/objective", "validation/accuracy", "validation/strong_tokens_per_query", "test/accuracy"} <= tags, tags
+    history = json.loads((out / "training_history.json").read_text())
+    objective = events.Scalars("validation/objective")
+    assert [event.step for event in objective] == [int(record["timesteps"]) for record in history]
+    assert [event.value for event in objective] == pytest.approx([record["validation/objective"] for record in history], abs=1e-6)
+    assert events.Scalars("test/accuracy")[-1].value == pytest.approx(last_point(out)["accuracy"], abs=1e-6)
+
+
+def test_the_run_directory_holds_the_training_log(runs):
+    """Hydra's job log (``train.log``) holds one progress line per validation of the training history."""
+    out = runs["agg"]
+    lines = [line for line in (out / "train.log").read_text().splitlines() if "validation objective" in line]
+    history = json.loads((out / "training_history.json").read_text())
+    assert len(lines) == len(history)
+    for line, record in zip(lines, history):
+        assert f"{int(record['timesteps'])} env steps: validation objective {record['validation/objective']:.4f}" in line
+        assert f"accuracy {record['validation/accuracy']:.4f}" in line
 
 
 # ------------------------------------------------------------------------------------------------
