@@ -31,7 +31,7 @@ from trim_env.vec_env import StepRoutingVecEnv
 ROOT = Path(__file__).resolve().parents[1]
 #: 8 rollouts of 4 x 64 steps; a checkpoint every 2 rollouts (at 512, 1024, 1536 steps).
 BUDGET = [
-    "policy=agg", "lambda=0.01", "policy.total_timesteps=2048", "ppo.n_envs=4", "ppo.n_steps=64", "ppo.batch_size=64",
+    "lambda=0.01", "policy.total_timesteps=2048", "ppo.n_envs=4", "ppo.n_steps=64", "ppo.batch_size=64",
     "ppo.n_epochs=2", "ppo.eval_every=384", "ppo.checkpoint_every=512", "progress_bar=false",
 ]
 #: The killed run dies at the first validation after this many steps (past the 1024-step checkpoint).
@@ -78,10 +78,17 @@ def history(run: Path) -> list[dict[str, float]]:
     return [{key: value for key, value in record.items() if key not in TIMING_KEYS} for record in records]
 
 
-def test_a_killed_run_resumed_gives_the_uninterrupted_runs_router(growing_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("policy", "persist_growth"),
+    [("agg", True), ("seq", False)],
+    ids=["agg-growth-persisted", "seq-growth-grown-again"],
+)
+def test_a_killed_run_resumed_gives_the_uninterrupted_runs_router(policy, persist_growth, growing_dataset, tmp_path, monkeypatch):
+    """With persisted growth the resumed process loads the killed one's shards; without, it grows the envs' nodes again."""
     uninterrupted_data, killed_data = (shutil.copytree(growing_dataset, tmp_path / name) for name in ("data_a", "data_b"))
+    budget = [*BUDGET, f"policy={policy}", f"data.persist_growth={str(persist_growth).lower()}"]
     uninterrupted = tmp_path / "uninterrupted"
-    result = run_train(*BUDGET, f"data.path={uninterrupted_data}", f"hydra.run.dir={uninterrupted}")
+    result = run_train(*budget, f"data.path={uninterrupted_data}", f"hydra.run.dir={uninterrupted}")
     assert result.returncode == 0, result.stderr
     assert [path.name for path in checkpoints_in(uninterrupted / CHECKPOINT_DIR)] == [
         f"checkpoint_{steps}_steps.zip" for steps in (512, 1024, 1536)]
@@ -97,13 +104,13 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_runs_router(growing_datase
 
     monkeypatch.setattr(ValidationCallback, "evaluate", evaluate_then_die)
     with pytest.raises(Killed):
-        train(compose_config(*BUDGET, f"data.path={killed_data}"), killed)
+        train(compose_config(*budget, f"data.path={killed_data}"), killed)
     monkeypatch.undo()
     assert find_checkpoint(killed).name == "checkpoint_1024_steps.zip"
     assert not (killed / "results.json").exists() and not (killed / "router").exists()
-    assert list((killed_data / "train" / "growth").glob("*.parquet")), "the killed run persisted no growth: the test grows nothing"
+    assert bool(list((killed_data / "train" / "growth").glob("*.parquet"))) == persist_growth
 
-    resumed = run_train(*BUDGET, f"data.path={killed_data}", f"resume={killed}")
+    resumed = run_train(*budget, f"data.path={killed_data}", f"resume={killed}")
     assert resumed.returncode == 0, resumed.stderr
     assert (killed / "results.json").is_file()  # written into the killed run's own directory
 
@@ -157,17 +164,19 @@ def test_env_state_continues_the_episodes_in_a_fresh_env(growing_dataset, tmp_pa
     """Node ids may differ between processes; the state names nodes by path, so the continuation is the same."""
     data = shutil.copytree(growing_dataset, tmp_path / "data")
     trees = load_trees(path=str(data), split="train", persist=False)
-    env = StepRoutingVecEnv(trees, n_envs=3, observation="seq", lam=0.01, seed=5)
+    stored_nodes = trees.num_nodes
+    env = StepRoutingVecEnv(trees, n_envs=8, observation="seq", lam=0.01, seed=5)
     env.reset()
     rng = np.random.default_rng(0)
-    for _ in range(25):
-        env.step(rng.integers(0, 2, size=3))
+    for _ in range(30):
+        env.step(rng.integers(0, 2, size=8))
+    assert (env._node >= stored_nodes).any(), "no env stands on a grown node: the test would not need paths"
     state = env.get_state()
-    fresh = StepRoutingVecEnv(load_trees(path=str(data), split="train", persist=False), n_envs=3, observation="seq", lam=0.5, seed=99)
+    fresh = StepRoutingVecEnv(load_trees(path=str(data), split="train", persist=False), n_envs=8, observation="seq", lam=0.5, seed=99)
     fresh.set_state(state)
     assert fresh.lam == env.lam
     for _ in range(40):
-        actions = rng.integers(0, 2, size=3)
+        actions = rng.integers(0, 2, size=8)
         expected, got = env.step(actions), fresh.step(actions)
         for a, b in zip(expected[:3], got[:3]):
             np.testing.assert_array_equal(a, b)

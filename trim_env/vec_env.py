@@ -288,7 +288,7 @@ class StepRoutingVecEnv(VecEnv):
         """Continue the episodes recorded by :meth:`get_state` (same trees' queries, ``n_envs`` and observation).
 
         Each env's node is found again by walking its path from the root, growing a missing child
-        where the trees can grow (a run that did not persist its growth).
+        (and the proposal at the node) where the trees can grow (a run that did not persist its growth).
 
         :raises ValueError: the state is of another env (naming what differs).
         """
@@ -314,6 +314,8 @@ class StepRoutingVecEnv(VecEnv):
                     )
                 node[0] = child
             nodes[env] = node[0]
+        # As at the end of _play_to_decision: the proposal at each decision node exists.
+        trees.grow_weak(nodes[~trees.terminal[nodes]])
         self.set_lambda(float(state["lam"]))
         self._orders = [row.copy() for row in orders]
         self._positions = np.array(state["positions"], dtype=np.int64)
