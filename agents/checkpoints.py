@@ -77,15 +77,21 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.removesuffix("."): config}
 
 
-def check_same_run(recorded: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse to resume a checkpoint written by a run of another config.
+def check_same_run(recorded: dict[str, Any], current: dict[str, Any], source: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run of another config.
 
-    :raises ValueError: naming the checkpoint and the first differing key with both values.
+    :param recorded: the killed run's config (nested dicts).
+    :param current: this run's.
+    :param source: where ``recorded`` comes from (named in the error).
+    :param ignore: dotted keys (and key prefixes ending in ``.``) that may differ.
+    :raises ValueError: naming ``source`` and the first differing key with both values.
     """
     old, new = _flatten(recorded), _flatten(current)
     for key in sorted(old.keys() | new.keys()):
+        if key in ignore or any(key.startswith(prefix) for prefix in ignore if prefix.endswith(".")):
+            continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ValueError(
-                f"resume: {checkpoint} was written by a run with {key} = {old.get(key, '<absent>')!r}, this run has "
+                f"resume: {source} records a run with {key} = {old.get(key, '<absent>')!r}, this run has "
                 f"{key} = {new.get(key, '<absent>')!r}; resume with the killed run's config"
             )

@@ -373,10 +373,10 @@ def train_router(
     :param tensorboard_dir: also write SB3's own log (``train/*``, ``rollout/*``, ``time/fps``) as TensorBoard events here.
     """
     run_config = {**(run_config or {}), "seed": seed, "total_timesteps": total_timesteps, "train_queries": np.asarray(train_queries).tolist(),
-                  "ppo": {key: value for key, value in asdict(settings).items() if key not in RESUMABLE_CHANGES}}
+                  "ppo": asdict(settings)}
     state = load_checkpoint_state(resume_from) if resume_from is not None else None
     if state is not None and resume_from is not None:
-        check_same_run(state["run_config"], run_config, resume_from)
+        check_same_run(state["run_config"], run_config, resume_from, ignore=tuple(f"ppo.{key}" for key in RESUMABLE_CHANGES))
     set_random_seed(seed)
     torch.set_num_threads(settings.torch_threads)
     env = VecMonitor(make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings))

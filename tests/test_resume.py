@@ -148,11 +148,19 @@ def test_resume_refuses_a_missing_checkpoint_and_another_config(growing_dataset,
     no_checkpoint = run_train(*BUDGET, f"data.path={data}", f"resume={empty}")
     assert no_checkpoint.returncode != 0 and "no checkpoint in" in no_checkpoint.stderr, no_checkpoint.stderr
 
+    recorded = (run / ".hydra" / "config.yaml").read_text()
     other = run_train(*BUDGET, "policy.total_timesteps=768", "ppo.checkpoint_every=256", "ppo.n_epochs=3", f"data.path={data}",
                       f"resume={run}")
     assert other.returncode != 0
-    assert "ppo.n_epochs = 2, this run has ppo.n_epochs = 3" in other.stderr, other.stderr
-    assert not (run / "results.json").exists()
+    assert f"{run / '.hydra' / 'config.yaml'} records a run with ppo.n_epochs = 2, this run has ppo.n_epochs = 3" in other.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == recorded  # refused before the directory was claimed
+    # Without the run's recorded config, the checkpoint's own record refuses it when training starts.
+    bare = shutil.copytree(run, tmp_path / "bare", ignore=shutil.ignore_patterns(".hydra"))
+    other = run_train(*BUDGET, "policy.total_timesteps=768", "ppo.checkpoint_every=256", "lambda=0.02", f"data.path={data}",
+                      f"resume={bare}")
+    assert other.returncode != 0
+    assert "checkpoint_512_steps.zip records a run with lambda = 0.01, this run has lambda = 0.02" in other.stderr, other.stderr
+    assert not (bare / "results.json").exists()
 
     finished = run_train(*BUDGET, "policy.total_timesteps=768", "ppo.checkpoint_every=256", f"data.path={data}", f"resume={run}")
     assert finished.returncode == 0, finished.stderr

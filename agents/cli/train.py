@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from agents.base import TrainingData
-from agents.checkpoints import CHECKPOINT_DIR, find_checkpoint, run_dir_of
+from agents.checkpoints import CHECKPOINT_DIR, check_same_run, find_checkpoint, run_dir_of
 from agents.cli import config_dir
 from agents.cli.common import (
     export_router,
@@ -52,6 +52,7 @@ from trim_env.evaluation import (
     run_episodes,
     write_results,
 )
+from trim_env.run_dirs import CONFIG_SUBDIR
 from trim_env.tree import RolloutTrees, read_manifest
 
 #: The validation part of train is fixed across seeds so that runs are compared on the same queries.
@@ -61,6 +62,9 @@ RESULTS = ["results.json", "router", "training_history.json"]
 #: Everything a training run writes into its directory (their presence means it holds a run); a
 #: resumed run continues the checkpoints and logs of a killed one, refusing only its results.
 OUTPUTS = [*RESULTS, "wandb", TensorBoardTracker.SUBDIR, CHECKPOINT_DIR]
+#: Top-level keys a resumed run may set differently from the killed one: how it is driven and
+#: logged, where the data lives (its content is checked), how often it checkpoints.
+RESUME_MAY_CHANGE = ("resume", "overwrite", "progress_bar", "data.path", "ppo.checkpoint_every", "logger.")
 
 
 def split_validation(trees: RolloutTrees, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +137,26 @@ def resume_run_dir(resume: str | None, default: str) -> str:
         raise SystemExit(f"trim-train: {error}") from None
 
 
+def check_resumed_config(cfg: DictConfig) -> None:
+    """Refuse ``resume=PATH`` with a config other than the killed run's ``.hydra/config.yaml`` (when it has one),
+    before the run directory is claimed (which would record this config over the killed run's).
+
+    Only how the run is driven may differ: :data:`RESUME_MAY_CHANGE`. The checkpoint itself records
+    the data's content hash and the training queries, checked again when training starts.
+    """
+    recorded_path = run_dir_of(str(cfg.resume)) / CONFIG_SUBDIR / "config.yaml"
+    if recorded_path.is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(recorded_path), resolve=True)
+        check_same_run(recorded, OmegaConf.to_container(cfg, resolve=True), recorded_path, RESUME_MAY_CHANGE)  # type: ignore[arg-type]
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
+    if cfg.get("resume") is not None:
+        try:
+            check_resumed_config(cfg)
+        except ValueError as error:
+            raise SystemExit(f"trim-train: {error}") from None
     with run_dir(cfg, RESULTS if cfg.get("resume") is not None else OUTPUTS, "trim-train") as out:
         results = train(cfg, out)
         write_results(out, results["config"], results["points"])
