@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -223,3 +226,15 @@ def test_train_reads_a_hub_path_and_its_model_card_names_the_hub_dataset(
     assert hub["points"] == local["points"]
     card = yaml.safe_load((tmp_path / "hub" / "router" / "README.md").read_text().split("---")[1])
     assert card["datasets"] == [HUB_REPO] and card["trim"]["dataset"]["path"] == f"hf://datasets/{HUB_REPO}"
+
+
+def test_entry_point_reports_an_uncached_hub_path_offline_by_name(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf_cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "policy=thr", f"data.path=hf://datasets/{HUB_REPO}@v9", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"data path hf://datasets/{HUB_REPO}@v9: revision v9" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
