@@ -136,7 +136,8 @@ class WandbTracker(Tracker):
         self.run.log({key: self._wandb.Image(str(path))})
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({key: self._wandb.Table(columns=list[str | int](columns), data=_json_safe(rows))})
+        header: list[str | int] = list(columns)  # wandb.Table's annotation
+        self.run.log({key: self._wandb.Table(columns=header, data=_json_safe(rows))})
 
     def finish(self) -> None:
         self.run.finish()

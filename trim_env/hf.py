@@ -85,7 +85,6 @@ def trees_from_datasets(
 
 
 #: How a data path names a dataset repository on the Hub (the form ``huggingface_hub.HfFileSystem`` uses).
-HUB_PREFIX = "hf://"
 _HUB_DATASET = re.compile(r"hf://datasets/(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?(?:/(?P<subdir>.+))?")
 
 
@@ -152,11 +151,12 @@ def download_hub_dataset(path: str) -> Path:
             hub.repo_id, repo_type="dataset", revision=hub.revision,
             allow_patterns=[f"{hub.subdir}/**"] if hub.subdir is not None else None,
         )
-    except LocalEntryNotFoundError as error:
+    except LocalEntryNotFoundError as error:  # also a cached copy cut short by an interrupted download
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FileNotFoundError(
             f"data path {path}: revision {hub.revision or 'main'} of dataset {hub.repo_id} is not in the local Hugging Face "
-            "cache and the Hub cannot be reached (offline: HF_HUB_OFFLINE is set, or no network). Fetch it once with "
-            "network access, or give a local dataset directory as data.path"
+            "cache (complete) and the Hub cannot be reached (offline: HF_HUB_OFFLINE is set, or no network). Fetch it "
+            f"once with network access, or give a local dataset directory as data.path (huggingface_hub: {reason})"
         ) from error
     except RevisionNotFoundError as error:
         raise FileNotFoundError(f"data path {path}: dataset {hub.repo_id} has no revision {hub.revision!r} on the Hub") from error
