@@ -6,6 +6,9 @@ Layout of an exported router directory::
                           feature spec and scaling, lambda, cost unit, dataset content hash and
                           split, trim version, and the kind's own fields (e.g. network shape)
     training_queries.json the ids of the queries the router was fitted on (data identity)
+    README.md             model card written by ``trim-train`` (:func:`write_model_card`): YAML front
+                          matter and what the router was trained on, λ, test metrics, how to load it;
+                          for people and the Hub, never read when loading
     ...                   the kind's own files (model.safetensors, pomdp_model.json, ...)
 
 :func:`load_router` reads ``config.json``, checks format and features, and hands the directory to
@@ -22,19 +25,32 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import yaml
 from safetensors.torch import save_file
 
 import trim_env
 from agents.base import Fitted, Router, RouterSettings, SweepPoint, TrainingData
 from trim_env import atomic, features
 from trim_env.evaluation import run_episodes
-from trim_env.tree import MAX_STEPS, RolloutTrees
+from trim_env.hf import HubDataset, is_hub_path
+from trim_env.tree import MAX_STEPS, RolloutTrees, describe_source
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: The ids of the queries a router was trained (and had its checkpoint chosen) on.
 TRAINING_QUERIES_FILE = "training_queries.json"
+#: The model card (Hugging Face convention): for readers, never read by :func:`load_router`.
+MODEL_CARD_FILE = "README.md"
+#: The test figures a model card lists, in this order, with their row label.
+CARD_METRICS = {
+    "accuracy": "accuracy (fraction of queries solved)",
+    "strong_tokens_per_query": "strong tokens / query",
+    "normalized_cost": "c(π) = strong tokens / strong-only tokens",
+    "pgr": "PGR (share of the weak→strong accuracy gap recovered)",
+    "escalations_per_query": "escalations / query",
+    "cap_binding_rate": "cap binding rate",
+}
 
 
 def feature_spec() -> dict[str, Any]:
@@ -71,6 +87,126 @@ def write_router(directory: str | Path, config: dict[str, Any], weights: dict[st
 def write_training_queries(directory: str | Path, query_ids: list[str]) -> Path:
     """Record the identity of a router's training data: the ids of every query it saw."""
     return atomic.write_text(Path(directory) / TRAINING_QUERIES_FILE, json.dumps({"query_ids": sorted(query_ids)}) + "\n")
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float | int]:
+    """The int and float fields of ``values`` (booleans and non-numbers left out)."""
+    return {key: value for key, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def model_card(
+    config: dict[str, Any],
+    test_point: dict[str, Any],
+    anchors: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    data_path: str | None,
+    test_split: str,
+    n_test_queries: int,
+) -> str:
+    """The model card (``README.md``) of an exported router: YAML front matter, then prose and a table.
+
+    :param config: the router's ``config.json`` (policy, kind, λ, cost unit, dataset hash and train split).
+    :param test_point: the router's ``results.json`` point (test metrics, ``seed``, training figures).
+    :param anchors: the weak-only and strong-only points of the test split.
+    :param manifest: the training dataset's manifest (its source: simulator preset or models).
+    :param data_path: ``data.path`` as given (``None``: trim's bundled default data).
+    :param test_split: the split the test metrics were measured on.
+    :param n_test_queries: how many queries that split has.
+    """
+    simulated = manifest["source"].get("kind") == "simulator"
+    test_metrics = {key: test_point[key] for key in CARD_METRICS if key in test_point}
+    training = {key: value for key, value in _numbers(test_point).items()
+                if key not in CARD_METRICS and key not in ("lambda", "seed", "parameter")}
+    front: dict[str, Any] = {
+        "library_name": "trim",
+        "tags": ["trim", "llm-routing", "step-level-routing", *(["synthetic-data"] if simulated else [])],
+    }
+    if data_path is not None and is_hub_path(data_path):
+        front["datasets"] = [HubDataset.parse(data_path).repo_id]
+    front["trim"] = {
+        "policy": config.get("policy"),
+        "kind": config.get("kind"),
+        "lambda": test_point.get("lambda", config.get("lambda")),
+        "seed": test_point.get("seed"),
+        "cost_unit_tokens": config.get("cost_unit_tokens"),
+        "dataset": {
+            "path": data_path if data_path is not None else "default",
+            "source": manifest["source"].get("kind"),
+            "simulated": simulated,
+            "content_hash": config.get("dataset_content_hash"),
+            "train_split": config.get("train_split"),
+        },
+        "test_split": test_split,
+        "test_metrics": test_metrics,
+        "training": training,
+    }
+    lam = front["trim"]["lambda"]
+    dataset = "trim's bundled default data" if data_path is None else f"`{data_path}`"
+    rows = [f"| {label} | {_cell(test_metrics.get(key))} | {_cell(anchors[0].get(key))} | {_cell(anchors[1].get(key))} |"
+            for key, label in CARD_METRICS.items()]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# trim router: policy `{config.get('policy')}` at λ = {lam}",
+        "",
+        "A step-level router between a weak and a strong LLM, trained with trim: at each step of the weak model's "
+        "solution it decides whether the strong model rewrites the step. It was trained for the reward "
+        f"accuracy − λ · strong tokens / {config.get('cost_unit_tokens')} with λ = {lam} "
+        f"(seed {test_point.get('seed')}).",
+        "",
+        "## Training data",
+        "",
+        f"{describe_source(manifest['source'])} Dataset: {dataset}, split `{config.get('train_split')}` (content hash "
+        f"`{config.get('dataset_content_hash')}`); the checkpoint (or threshold) was chosen on a validation part of that "
+        f"split. The ids of the training queries are in `{TRAINING_QUERIES_FILE}`.",
+        "",
+        "## Test metrics",
+        "",
+        f"Split `{test_split}` of the same dataset ({n_test_queries} queries), evaluated once after training"
+        + (" — simulated figures, not real model results:" if simulated else ":"),
+        "",
+        "| figure | this router | weak-only | strong-only |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "## How to load it",
+        "",
+        "```python",
+        "from agents.export import load_router",
+        'router = load_router("DIR")  # this directory; torch only (no stable-baselines3, no Hydra)',
+        "```",
+        "",
+        "Evaluate it on other queries with `trim-evaluate policy=router policy.path=DIR data.path=DATA` "
+        "(its own training queries are refused). `config.json` holds its settings and feature spec; "
+        "this card is not read when loading.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: a number to four decimals, or ``—`` where there is none."""
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(
+    directory: str | Path,
+    test_point: dict[str, Any],
+    anchors: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    data_path: str | None,
+    test_split: str,
+    n_test_queries: int,
+) -> Path:
+    """Write the model card (:func:`model_card`) into the exported router ``directory`` atomically; returns its path.
+
+    The router's own ``config.json`` supplies policy, kind, λ and the dataset identity.
+    """
+    config = read_router_config(directory)
+    card = model_card(config, test_point, anchors, manifest, data_path, test_split, n_test_queries)
+    return atomic.write_text(Path(directory) / MODEL_CARD_FILE, card)
 
 
 def check_not_trained_on(directory: str | Path, query_ids: list[str], allow: bool = False) -> None:

@@ -1,11 +1,15 @@
-"""A dataset directory is a 🤗 datasets repository: its card, ``load_dataset`` and the way back to trees."""
+"""A dataset directory is a 🤗 datasets repository: its card, ``load_dataset``, the way back to trees and ``hf://`` paths."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +17,10 @@ import pytest
 import yaml
 from conftest import TINY_MAX_STRONG_STEPS, TINY_PRESET, TINY_SEED
 
-from trim_env.hf import trees_from_datasets
+from agents.cli.common import compose
+from agents.cli.train import train
+from trim_env.data import load_trees, resolve_dataset_dir
+from trim_env.hf import HubDataset, trees_from_datasets
 from trim_env.tree import (
     DATASET_CARD,
     MANIFEST,
@@ -144,3 +151,90 @@ def test_card_written_for_an_existing_dataset_changes_no_hash(tiny_dataset_dir: 
     assert (directory / DATASET_CARD).read_text() == (tiny_dataset_dir / DATASET_CARD).read_text()
     assert (directory / MANIFEST).read_bytes() == manifest_bytes
     assert_same_trees(load_split(directory, "test", verify_hash=True), load_split(tiny_dataset_dir, "test"))
+
+
+# ------------------------------------------------------------------------------------------------
+# hf:// paths: a dataset directory in a Hub dataset repository, read through the Hugging Face cache
+
+HUB_REPO = "trim-org/tiny-trees"
+MAIN_COMMIT = "a" * 40
+TAGGED_COMMIT = "b" * 40
+
+
+def fill_hub_cache(cache: Path, revision: str, commit: str, dataset_dir: Path, subdir: str = "") -> Path:
+    """What ``snapshot_download`` leaves in the cache after fetching ``revision`` of :data:`HUB_REPO`:
+    ``refs/<revision>`` naming the commit and the repository's files under ``snapshots/<commit>/``."""
+    storage = cache / f"datasets--{HUB_REPO.replace('/', '--')}"
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    target = storage / "snapshots" / commit / subdir
+    shutil.copytree(dataset_dir, target)
+    return target
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache, and no Hub (HF_HUB_OFFLINE): only cached revisions resolve."""
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_hub_path_loads_the_cached_snapshot_like_the_directory(hub_cache: Path, tiny_dataset_dir: Path) -> None:
+    snapshot = fill_hub_cache(hub_cache, "main", MAIN_COMMIT, tiny_dataset_dir)
+    assert resolve_dataset_dir(f"hf://datasets/{HUB_REPO}") == snapshot
+    trees = load_trees(path=f"hf://datasets/{HUB_REPO}", split="test", grow=False)
+    assert_same_trees(trees, load_split(tiny_dataset_dir, "test"))
+
+
+def test_hub_path_with_revision_and_subdirectory_reads_that_directory_of_that_revision(hub_cache: Path, tiny_dataset_dir: Path) -> None:
+    fill_hub_cache(hub_cache, "main", MAIN_COMMIT, tiny_dataset_dir)
+    tagged = fill_hub_cache(hub_cache, "v1", TAGGED_COMMIT, tiny_dataset_dir, subdir="trees/tiny")
+    assert resolve_dataset_dir(f"hf://datasets/{HUB_REPO}@v1/trees/tiny") == tagged
+    assert HubDataset.parse(f"hf://datasets/{HUB_REPO}@refs%2Fpr%2F3/x/") == HubDataset(HUB_REPO, "refs/pr/3", "x")
+
+
+def test_hub_path_not_cached_while_offline_is_a_clear_error_naming_it(hub_cache: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"hf://datasets/{HUB_REPO}@v2: revision v2 .* not in the local Hugging Face cache .*HF_HUB_OFFLINE"):
+        load_trees(path=f"hf://datasets/{HUB_REPO}@v2", split="test")
+
+
+def test_hub_repository_without_a_manifest_is_not_a_dataset(hub_cache: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("not trees\n")
+    fill_hub_cache(hub_cache, "main", MAIN_COMMIT, tmp_path / "notes")
+    with pytest.raises(TreeFormatError, match=rf"hf://datasets/{HUB_REPO}: manifest.json missing"):
+        resolve_dataset_dir(f"hf://datasets/{HUB_REPO}")
+
+
+@pytest.mark.parametrize("path", ["hf://models/trim-org/router", "hf://datasets/tiny-trees", "hf:/datasets/trim-org/tiny-trees",
+                                  "hf://datasets/trim-org/tiny-trees/../../etc"])
+def test_malformed_hub_paths_are_refused_with_the_expected_form(path: str) -> None:
+    with pytest.raises(ValueError, match="expected hf://datasets/OWNER/NAME|leaves the repository"):
+        resolve_dataset_dir(path)
+
+
+def test_train_reads_a_hub_path_and_its_model_card_names_the_hub_dataset(
+    hub_cache: Path, tiny_dataset_dir: Path, tmp_path: Path
+) -> None:
+    fill_hub_cache(hub_cache, "main", MAIN_COMMIT, tiny_dataset_dir)
+    cfg = compose("config", ["policy=thr", f"data.path=hf://datasets/{HUB_REPO}", "data.persist_growth=false", "progress_bar=false"])
+    local = train(compose("config", ["policy=thr", f"data.path={tiny_dataset_dir}", "data.persist_growth=false",
+                                     "progress_bar=false"]), tmp_path / "local")
+    hub = train(cfg, tmp_path / "hub")
+    assert hub["points"] == local["points"]
+    card = yaml.safe_load((tmp_path / "hub" / "router" / "README.md").read_text().split("---")[1])
+    assert card["datasets"] == [HUB_REPO] and card["trim"]["dataset"]["path"] == f"hf://datasets/{HUB_REPO}"
+
+
+def test_entry_point_reports_an_uncached_hub_path_offline_by_name(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf_cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "policy=thr", f"data.path=hf://datasets/{HUB_REPO}@v9", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"data path hf://datasets/{HUB_REPO}@v9: revision v9" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

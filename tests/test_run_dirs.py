@@ -85,7 +85,7 @@ def test_train_refuses_a_run_dir_with_results_unless_told_and_overwrite_leaves_n
 
     replaced = run_train("policy=thr", "overwrite=true", *data)
     assert replaced.returncode == 0, replaced.stderr
-    assert sorted(path.name for path in (out / "router").iterdir()) == ["config.json", "training_queries.json"]
+    assert sorted(path.name for path in (out / "router").iterdir()) == ["README.md", "config.json", "training_queries.json"]
     assert not (out / "training_history.json").exists()
     assert yaml.safe_load((out / ".hydra" / "config.yaml").read_text())["policy"]["name"] == "thr"
     assert json.loads((out / "results.json").read_text())["points"][-1]["policy"] == "thr"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from wandb_offline import item_key, wandb_records
 
 from agents.actor import ActorRouter
 from agents.cli.common import register_schemas
@@ -344,36 +344,6 @@ def test_unknown_policy_for_train_is_a_clear_error(tiny_dataset_dir, tmp_path):
 # Weights & Biases
 
 
-def _wandb_records(path: Path) -> list[Any]:
-    """The records of a ``.wandb`` transaction log (LevelDB log format after a 7-byte W&B header)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    block, position, pending, records = 32 * 1024, 7, b"", []
-    while position + 7 <= len(data):
-        left = block - position % block
-        if left < 7:  # block trailer
-            position += left
-            continue
-        length, kind = struct.unpack("<HB", data[position + 4 : position + 7])
-        if length == 0 and kind == 0:  # zero padding
-            position += left
-            continue
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-def _item_key(item: Any) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
 def test_wandb_offline_run(tiny_dataset_dir, tmp_path):
     out = tmp_path / "run"
     home = tmp_path / "wandb_home"
@@ -393,19 +363,19 @@ def test_wandb_offline_run(tiny_dataset_dir, tmp_path):
 
     logs = list(out.glob("**/*.wandb"))
     assert len(logs) == 1 and logs[0].parent.name.startswith("offline-run-"), logs
-    records = _wandb_records(logs[0])
+    records = wandb_records(logs[0])
     summary_files = list(out.glob("**/wandb-summary.json"))
     if summary_files:  # written by older W&B versions for offline runs too
         summary = json.loads(summary_files[0].read_text())
     else:  # wandb-core (0.31) keeps an offline run's summary only in the transaction log
         summary = {
-            _item_key(item): json.loads(item.value_json)
+            item_key(item): json.loads(item.value_json)
             for record in records if record.WhichOneof("record_type") == "summary"
             for item in record.summary.update
         }
     assert summary["test/accuracy"] == pytest.approx(accuracy, abs=1e-12)
     history = [
-        {_item_key(item): json.loads(item.value_json) for item in record.history.item}
+        {item_key(item): json.loads(item.value_json) for item in record.history.item}
         for record in records if record.WhichOneof("record_type") == "history"
     ]
     assert history and all("validation/accuracy" in row for row in history)

@@ -1,4 +1,9 @@
-"""Where datasets come from: the bundled default data, a dataset directory, or the simulator.
+"""Where datasets come from: the bundled default data, a dataset directory, a Hub dataset, or the simulator.
+
+Every entry point turns ``data.path`` into a local directory with :func:`resolve_dataset_dir`:
+``null`` is the default data, ``hf://datasets/OWNER/NAME[@REVISION][/SUBDIR]`` a dataset directory
+on the Hugging Face Hub (fetched into its cache, :func:`trim_env.hf.download_hub_dataset`), anything
+else a local directory.
 
 The default data (``cached_rollouts/``) is simulated, not real model output. Its recipe (the
 simulator preset and seed it comes from, and the size of the stored seed cache) and the digest of
@@ -17,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from trim_env.hf import download_hub_dataset, is_hub_path
 from trim_env.paths import cache_dir, recipe_file
 from trim_env.simulate import SimulatedTrees, SimulatorParams, SimulatorSource, generate_dataset
 from trim_env.store import GrowingTrees, GrowthJournal, TreeSource
@@ -65,6 +71,21 @@ def default_dataset_dir() -> Path:
     return target
 
 
+def resolve_dataset_dir(path: str | Path | None) -> Path:
+    """The local dataset directory that ``data.path`` names.
+
+    :param path: ``None`` (the default data, generated on first use), ``hf://datasets/OWNER/NAME[@REVISION][/SUBDIR]``
+        (fetched into the Hugging Face cache; grown nodes are then persisted beside it in the cache
+        unless ``persist=False``), or a local directory.
+    :raises FileNotFoundError: a Hub dataset that cannot be fetched (see :func:`trim_env.hf.download_hub_dataset`).
+    """
+    if path is None:
+        return default_dataset_dir()
+    if is_hub_path(path):
+        return download_hub_dataset(str(path))
+    return Path(path)
+
+
 def source_from_manifest(manifest: dict[str, Any]) -> TreeSource | None:
     """The source that can grow a dataset, from its manifest: the simulator it was drawn from, or
     ``None`` for a real collection (its servers must be given explicitly, :func:`growth_source`)."""
@@ -79,7 +100,7 @@ def growth_source(path: str | Path | None, backends: Mapping[str, Any] | None) -
 
     Build it once per run and pass it to every split the run opens: its token budget is the run's.
 
-    :param path: the collected dataset's directory.
+    :param path: the collected dataset's directory (or Hub path, :func:`resolve_dataset_dir`).
     :param backends: ``weak``, ``strong``, ``prm`` backend configs and the growth settings
         (:func:`trim_env.sources.growth.backend_source`); ``None``: no real-model source (a
         collected dataset then opens frozen).
@@ -93,7 +114,7 @@ def growth_source(path: str | Path | None, backends: Mapping[str, Any] | None) -
         )
     from trim_env.sources.growth import backend_source  # noqa: PLC0415  (HTTP clients and torch models only when used)
 
-    return backend_source(path, backends)
+    return backend_source(resolve_dataset_dir(path), backends)
 
 
 def open_split(
@@ -153,7 +174,8 @@ def load_trees(
 ) -> RolloutTrees:
     """Trees for evaluation or training.
 
-    :param path: a dataset directory; ``None`` means the default data (unless ``preset`` is set).
+    :param path: a dataset directory or Hub path (:func:`resolve_dataset_dir`); ``None`` means the
+        default data (unless ``preset`` is set).
     :param split: which split of the dataset (with ``preset``: which query population of the
         preset, so ``split="test"`` never simulates the train split's queries).
     :param preset: evaluate through the simulator directly (lazy, uncapped) instead of a dataset.
@@ -172,5 +194,4 @@ def load_trees(
             raise ValueError(f"data.preset ({preset}) is simulated directly: it takes no data.backends")
         params = SimulatorParams.preset(preset, **(overrides or {}))
         return SimulatedTrees(params, seed, np.arange(n_queries), namespace=f"{preset}/{split}")
-    directory = Path(path) if path is not None else default_dataset_dir()
-    return open_split(directory, split, grow=grow, persist=persist, source=source)
+    return open_split(resolve_dataset_dir(path), split, grow=grow, persist=persist, source=source)

@@ -341,7 +341,7 @@ def save_dataset(
 DATASET_CARD = "README.md"
 
 
-def _describe_source(source: dict[str, Any]) -> str:
+def describe_source(source: dict[str, Any]) -> str:
     """One sentence on where the trees come from, from the manifest's ``source``."""
     if source.get("kind") == "simulator":
         return (f"Simulated rollout trees (NOT real model output) drawn from the trim simulator preset "
@@ -375,7 +375,7 @@ def dataset_card(manifest: dict[str, Any]) -> str:
     lines += [
         "# Rollout trees for step-level routing (trim)",
         "",
-        _describe_source(manifest["source"]),
+        describe_source(manifest["source"]),
         f"Cap K = {manifest['max_strong_steps']} strong steps per path, node budget {budget if budget is not None else 'none'} "
         f"per query; {sizes}.",
         "",

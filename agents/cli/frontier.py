@@ -39,6 +39,10 @@ point to strong-only labelled as interpolation. The hindsight oracle (``oracle``
 Usage (``trim-frontier`` or ``python scripts/frontier.py``; Hydra overrides, conf/frontier.yaml)::
 
     trim-frontier 'paths=[multirun/train/2026-…,outputs/evaluate/thr/…]' out=report/ real_reference=packaged
+
+With ``logger=wandb`` (offline by default, conf/logger/wandb.yaml) the report is also a W&B run
+(job type ``frontier``, its files under ``out/wandb/``): the figure as the image ``frontier``, the
+method table as the table ``frontier_methods`` and each method's APGR in the summary (:func:`log_report`).
 """
 
 from __future__ import annotations
@@ -63,9 +67,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agents.cli import config_dir
+from agents.tracking import Tracker, make_tracker
 from trim_env import metrics
 
 Point = dict[str, Any]
@@ -808,11 +813,39 @@ def write_report(paths: list[str], out: str | Path, baseline: str = "thr", real_
     return out
 
 
+#: Columns of the method table logged to the tracker: one row per method, numbers as in frontier.json.
+TABLE_COLUMNS = ["method", "points", "seeds", "apgr", "apgr_sd", "cpt50", "cpt80", "cpt95", "mean_delta_ibc"]
+
+
+def log_report(tracker: Tracker, out: Path) -> None:
+    """Log a written report to ``tracker``: ``frontier.png`` as the image ``frontier``, the method table
+    (:data:`TABLE_COLUMNS`; ``None`` where a CPT is not reached) as ``frontier_methods`` and each
+    method's APGR as the summary value ``frontier/<method>/apgr``.
+
+    :param tracker: the run to log to (the base :class:`Tracker` ignores everything).
+    :param out: the report directory :func:`write_report` wrote.
+    """
+    content = json.loads((out / "frontier.json").read_text())
+    rows = [
+        [name, summary["n_points"], len(summary["seeds"]), summary["apgr"]["value"], summary["apgr"]["sd"],
+         *(summary[key]["value"] for key in CPT_TARGETS), summary["mean_delta_ibc"]["value"]]
+        for name, summary in sorted(content["methods"].items())
+    ]
+    tracker.log_image("frontier", out / "frontier.png")
+    tracker.log_table("frontier_methods", TABLE_COLUMNS, rows)
+    tracker.summary({f"frontier/{name}/apgr": summary["apgr"]["value"] for name, summary in content["methods"].items()})
+
+
 @hydra.main(config_path=str(config_dir()), config_name="frontier", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     paths = [cfg.paths] if isinstance(cfg.paths, str) else list(cfg.paths)
     real_reference = None if cfg.real_reference is None else str(cfg.real_reference)
-    write_report([str(path) for path in paths], str(cfg.out), str(cfg.baseline), real_reference, str(cfg.title))
+    out = write_report([str(path) for path in paths], str(cfg.out), str(cfg.baseline), real_reference, str(cfg.title))
+    settings = dict(cfg.logger)
+    settings["job_type"] = settings.get("job_type") or "frontier"
+    tracker = make_tracker(settings, OmegaConf.to_container(cfg, resolve=True), out, "frontier")  # type: ignore[arg-type]
+    log_report(tracker, out)
+    tracker.finish()
 
 
 def main() -> None:

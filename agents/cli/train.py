@@ -8,7 +8,9 @@
 
 The policy's class comes from the registry (``conf/policy/<name>.yaml``, field ``router``). Writes
 ``OUT/results.json`` (``{"config", "points"}``, the schema of ``trim-evaluate``), the exported
-router in ``OUT/router/`` and, for trained kinds, ``OUT/training_history.json``; all atomically.
+router in ``OUT/router/`` (with a model card, ``README.md``) and, for trained kinds,
+``OUT/training_history.json``; all atomically. With ``logger=wandb`` the router directory is also
+logged as a W&B artifact (type ``router``) carrying its config and test metrics.
 The checkpoint (or threshold) is chosen on a validation part of the train split by the env's
 return, accuracy − λ · cost; the test split is only used for the final evaluation. A directory
 that already holds results is refused unless ``overwrite=true``.
@@ -40,11 +42,11 @@ from agents.cli.common import (
     run_dir,
     settings_of,
 )
-from agents.export import load_router
+from agents.export import load_router, write_model_card
 from agents.registry import registry
 from agents.tracking import TensorBoardTracker, make_tracker
 from trim_env import atomic
-from trim_env.data import default_dataset_dir, growth_source, load_trees
+from trim_env.data import growth_source, load_trees, resolve_dataset_dir
 from trim_env.evaluation import (
     anchor_points,
     make_point,
@@ -96,7 +98,7 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             raise ValueError(f"resume = {cfg.resume}: policy {cfg.policy.name} is not trained with PPO and has no checkpoints")
         resume_from = find_checkpoint(str(cfg.resume))
 
-    data_dir = cfg.data.path if cfg.data.path is not None else default_dataset_dir()
+    data_dir = resolve_dataset_dir(cfg.data.path)  # a Hub path is fetched once here
     grow, persist = read_bool(cfg, "data.grow"), read_bool(cfg, "data.persist_growth")
     source = growth_source(data_dir, cfg.data.backends)
     train_trees = load_trees(path=str(data_dir), split=cfg.data.train_split, grow=grow, persist=persist, source=source)
@@ -120,10 +122,14 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for trees in (train_trees, validation, test_trees):
         trees.flush()
     point = {**point, "lambda": lam, "seed": seed, **fitted.summary}
+    anchors = anchor_points(test_trees)
+    write_model_card(router_dir, point, anchors, read_manifest(data_dir), cfg.data.path, str(cfg.data.split), test_trees.num_queries)
     tracker.summary({f"test/{key}": value for key, value in point.items() if isinstance(value, (int, float))})
+    tracker.log_router(router_dir, f"{cfg.policy.name}-lambda-{lam}-seed-{seed}",
+                       {"router_config": router.config, "run_config": resolved, "test_point": point})
     tracker.finish()
     # The config is the truth: the fit was given exactly cfg.policy (and its groups) as dataclasses.
-    return {"config": resolved, "points": [*anchor_points(test_trees), point]}
+    return {"config": resolved, "points": [*anchors, point]}
 
 
 def resume_run_dir(resume: str | None, default: str) -> str:
