@@ -26,6 +26,7 @@ from agents.actor import PPOSettings
 from agents.extractors import SeqTransformerExtractor
 from agents.networks import ActorNetwork
 from trim_env.evaluation import DecisionBatch, run_episodes, validation_objective
+from trim_env.features import LambdaRange, with_lambda
 from trim_env.tree import RolloutTrees
 from trim_env.vec_env import StepRoutingVecEnv
 
@@ -78,16 +79,47 @@ def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNe
 
 
 class _PolicyDecider:
-    """The SB3 policy's deterministic action, for the batch evaluator."""
+    """The SB3 policy's deterministic action, for the batch evaluator (a λ-conditioned one at ``lam``)."""
 
-    def __init__(self, model: PPO, observation: str) -> None:
+    def __init__(self, model: PPO, observation: str, lambda_range: LambdaRange | None = None, lam: float = 0.0) -> None:
         self.model = model
         self.observation = observation
+        self.lambda_range = lambda_range
+        self.lam = lam
 
     def decide(self, batch: DecisionBatch) -> np.ndarray:
         observations = batch.agg() if self.observation == "agg" else batch.seq()
+        if self.lambda_range is not None:
+            observations = with_lambda(observations, self.lam, self.lambda_range)
         actions, _ = self.model.policy.predict(observations, deterministic=True)
         return actions
+
+
+def validation_record(model: PPO, validation: RolloutTrees, observation: str, lam: float, cost_unit_tokens: float,
+                      lambda_range: LambdaRange | None = None, validation_lambdas: list[float] | None = None) -> dict[str, float]:
+    """The deterministic policy's figures on the validation queries; ``validation/objective`` ranks checkpoints.
+
+    A policy for one λ is scored by the env's return there, accuracy − λ · cost. A λ-conditioned
+    policy is played at every λ of ``validation_lambdas`` and scored by the mean of those returns,
+    so the kept checkpoint is the best one for the frontier as a whole, not for one of its points.
+    """
+    if lambda_range is None:
+        outcomes = run_episodes(validation, _PolicyDecider(model, observation))
+        return {
+            "validation/objective": validation_objective(outcomes.correct, outcomes.strong_tokens, lam, cost_unit_tokens),
+            "validation/accuracy": float(outcomes.correct.mean()),
+            "validation/strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
+            "validation/escalations_per_query": float(outcomes.escalations.mean()),
+        }
+    record: dict[str, float] = {}
+    objectives = []
+    for grid_lam in validation_lambdas or [lam]:
+        outcomes = run_episodes(validation, _PolicyDecider(model, observation, lambda_range, grid_lam))
+        objectives.append(validation_objective(outcomes.correct, outcomes.strong_tokens, grid_lam, cost_unit_tokens))
+        record[f"validation/lambda={grid_lam:g}/objective"] = objectives[-1]
+        record[f"validation/lambda={grid_lam:g}/accuracy"] = float(outcomes.correct.mean())
+        record[f"validation/lambda={grid_lam:g}/strong_tokens_per_query"] = float(outcomes.strong_tokens.mean())
+    return {"validation/objective": float(np.mean(objectives)), **record}
 
 
 class _TrainingCallback(BaseCallback):
@@ -102,8 +134,12 @@ class _TrainingCallback(BaseCallback):
         lam: float,
         cost_unit_tokens: float,
         log: Callable[[dict[str, float], int], None] | None,
+        lambda_range: LambdaRange | None = None,
+        validation_lambdas: list[float] | None = None,
     ) -> None:
         super().__init__()
+        self.lambda_range = lambda_range
+        self.validation_lambdas = validation_lambdas
         self.settings = settings
         self.total_timesteps = total_timesteps
         self.validation = validation
@@ -125,7 +161,8 @@ class _TrainingCallback(BaseCallback):
         progress = min(1.0, self.num_timesteps / self.total_timesteps)
         self.model.ent_coef = self.settings.ent_coef_start + (self.settings.ent_coef_end - self.settings.ent_coef_start) * progress
         warmup = self.settings.lambda_warmup_fraction
-        self.training_env.set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
+        if self.lambda_range is None:  # a conditioned env draws λ per episode, small ones included
+            self.training_env.set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
         if self.num_timesteps >= self.next_eval:
             self.next_eval += self.settings.eval_every
             self.evaluate()
@@ -135,13 +172,10 @@ class _TrainingCallback(BaseCallback):
         self.evaluate()
 
     def evaluate(self) -> None:
-        outcomes = run_episodes(self.validation, _PolicyDecider(self.model, self.observation))
         record = {
             "timesteps": float(self.num_timesteps),
-            "validation/objective": validation_objective(outcomes.correct, outcomes.strong_tokens, self.lam, self.cost_unit_tokens),
-            "validation/accuracy": float(outcomes.correct.mean()),
-            "validation/strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
-            "validation/escalations_per_query": float(outcomes.escalations.mean()),
+            **validation_record(self.model, self.validation, self.observation, self.lam, self.cost_unit_tokens,
+                                self.lambda_range, self.validation_lambdas),
             "env_steps_per_s": self.num_timesteps / max(time.perf_counter() - self.started, 1e-9),
         }
         self.history.append(record)
@@ -158,10 +192,12 @@ class _TrainingCallback(BaseCallback):
 
 
 def make_vec_env(
-    trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings
+    trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings,
+    lambda_range: LambdaRange | None = None,
 ) -> VecEnv:
     """The batched env: ``n_envs`` episodes over ``queries``, env ``i`` shuffling them with seed ``seed + i``."""
-    return StepRoutingVecEnv(trees, settings.n_envs, observation, lam, cost_unit_tokens, seed=seed, queries=queries)
+    return StepRoutingVecEnv(trees, settings.n_envs, observation, lam, cost_unit_tokens, seed=seed, queries=queries,
+                             lambda_range=lambda_range)
 
 
 def train_router(
@@ -176,6 +212,8 @@ def train_router(
     seed: int,
     progress_bar: bool = True,
     log: Callable[[dict[str, float], int], None] | None = None,
+    lambda_range: LambdaRange | None = None,
+    validation_lambdas: list[float] | None = None,
 ) -> TrainResult:
     """Train a PPO router on ``train_queries`` of ``trees`` and return its best checkpoint.
 
@@ -190,10 +228,12 @@ def train_router(
     :param seed: seeds torch, numpy, PPO and the envs.
     :param progress_bar: show a progress bar.
     :param log: called with a dict of metrics and the step count at every validation.
+    :param lambda_range: train one λ-conditioned policy over this range (``lam`` is then only its default).
+    :param validation_lambdas: a conditioned policy's checkpoint is chosen by its mean validation return over these λ.
     """
     set_random_seed(seed)
     torch.set_num_threads(settings.torch_threads)
-    env = make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings)
+    env = make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings, lambda_range)
     model = PPO(
         "MlpPolicy",
         env,
@@ -212,7 +252,8 @@ def train_router(
         device=settings.device,
         verbose=0,
     )
-    callback = _TrainingCallback(settings, total_timesteps, validation, spec.observation, lam, cost_unit_tokens, log)
+    callback = _TrainingCallback(settings, total_timesteps, validation, spec.observation, lam, cost_unit_tokens, log,
+                                 lambda_range, validation_lambdas)
     started = time.perf_counter()
     model.learn(total_timesteps=total_timesteps, callback=CallbackList([callback]), progress_bar=progress_bar)
     wall_time = time.perf_counter() - started
