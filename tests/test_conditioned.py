@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import compose_config, overrides, train_in_process  # the tiny-run helpers of train.py's tests
 
 from agents.actor import ActorRouter, ActorSettings
 from agents.export import load_router
 from agents.serve.calibrate import calibrate
 from agents.serve.routers import OperatingPoint, ServedRouter
 from agents.threshold import ThresholdRouter
+from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import make_point, reference, run_episodes
 from trim_env.features import AGG_FEATURES, LambdaRange, with_lambda
-from trim_env.data import growth_source, load_trees
 from trim_env.tree import RolloutTrees
 from trim_env.vec_env import StepRoutingVecEnv
-
-from test_train import compose_config, overrides, train_in_process  # the tiny-run helpers of train.py's tests
 
 RANGE = LambdaRange(0.001, 0.1)
 GRID = [0.001, 0.01, 0.1]
