@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -144,10 +144,13 @@ class SavedRouterSettings(RouterSettings):
 
     :param path: the directory written by ``trim-train`` into ``OUT/router``.
     :param allow_training_queries: score it on queries it was trained on anyway (refused by default).
+    :param operating_points: evaluate it at each of these operating points (TRIM-Thr's threshold,
+        λ of TRIM-POMDP or of a λ-conditioned router), one point each; ``null``: once, as exported.
     """
 
     path: str = "???"
     allow_training_queries: bool = False
+    operating_points: Optional[list[float]] = None
 
 
 class SavedRouter:
@@ -169,4 +172,14 @@ class SavedRouter:
         """One point: the exported router on ``trees`` (refused on its own training queries unless allowed)."""
         check_not_trained_on(settings.path, trees.query_id, settings.allow_training_queries)
         router = load_router(settings.path)
-        return [SweepPoint(f"router:{router.config['policy']}", router.config.get("lambda"), run_episodes(trees, router))]
+        label = f"router:{router.config['policy']}"
+        if settings.operating_points is None:
+            return [SweepPoint(label, router.config.get("lambda"), run_episodes(trees, router))]
+        points = []
+        for index, value in enumerate(settings.operating_points):
+            try:
+                moved = router.at_operating_point(float(value))
+            except ValueError as error:
+                raise ValueError(f"policy.operating_points[{index}] = {value}: {error}") from None
+            points.append(SweepPoint(label, float(value), run_episodes(trees, moved)))
+        return points

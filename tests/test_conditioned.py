@@ -181,3 +181,35 @@ def test_frontier_reads_a_conditioned_runs_whole_curve(conditioned_run: Path, tm
 def test_conditioned_policy_composes_from_the_registry():
     cfg = compose_config(*overrides("agg_conditioned", Path("unused")))
     assert list(cfg.policy.lambda_range) == [0.0005, 0.03] and cfg.policy.router == "agents.actor:ActorRouter"
+
+
+def test_evaluate_takes_an_exported_router_to_several_operating_points(conditioned_run: Path, tiny_dataset_dir: Path, tmp_path: Path):
+    from test_train import run_script
+
+    result = run_script("scripts/evaluate.py", "policy=router", f"policy.path={conditioned_run / 'router'}", f"data.path={tiny_dataset_dir}",
+                        "data.persist_growth=false", "policy.operating_points=[0.001,0.1]", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    points = {point["parameter"]: point for point in json.loads((tmp_path / "eval" / "results.json").read_text())["points"]
+              if point["policy"] == "router:agg_conditioned"}
+    trained = {point["lambda"]: point for point in json.loads((conditioned_run / "results.json").read_text())["points"]
+               if point["policy"] == "agg_conditioned"}
+    for lam in (0.001, 0.1):  # the same router at the same λ on the same split: the training run's test point
+        assert points[lam]["accuracy"] == trained[lam]["accuracy"]
+        assert points[lam]["strong_tokens_per_query"] == trained[lam]["strong_tokens_per_query"]
+    result = run_script("scripts/evaluate.py", "policy=router", f"policy.path={conditioned_run / 'router'}", f"data.path={tiny_dataset_dir}",
+                        "data.persist_growth=false", "policy.operating_points=[0.5]", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert result.returncode != 0 and "policy.operating_points[0] = 0.5" in result.stderr and "outside the λ range" in result.stderr
+
+
+def test_live_routing_refuses_an_operating_point_outside_the_range_before_calling_any_model(conditioned_run: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    from agents.cli.route import RouteConfig, route
+    from trim_env.paths import config_dir
+
+    ConfigStore.instance().store(name="route_schema", node=RouteConfig)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="test_route"):
+        cfg = compose(config_name="route", overrides=[f"router={conditioned_run / 'router'}", "problem=1+1", "operating_point=0.5"])
+    with pytest.raises(ValueError, match=r"operating_point = 0.5: lambda = 0.5 is outside the λ range"):
+        route(cfg)
