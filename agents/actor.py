@@ -20,6 +20,7 @@ from agents.base import Fitted, Router, RouterSettings, TrainingData
 from agents.checkpoints import CHECKPOINT_DIR
 from agents.export import CONFIG_FILE, WEIGHTS_FILE, write_router
 from agents.networks import ACTIVATIONS, ActorNetwork
+from trim_env.features import LAMBDA_FEATURE, LambdaRange, with_lambda
 
 #: SB3's own save of the trained model, beside the exported actor (for resuming or inspection).
 SB3_MODEL_FILE = "sb3_model.zip"
@@ -121,7 +122,10 @@ class ActorSettings(RouterSettings):
     :param activation: ``tanh`` or ``relu``.
     :param seq: the transformer (``observation: seq`` only).
     :param total_timesteps: environment steps (routing decisions) to train for.
-    :param sweep_lambdas: λ grid of the frontier study (``scripts/run_frontier.py``).
+    :param sweep_lambdas: λ grid of the frontier study (``scripts/run_frontier.py``); for a
+        λ-conditioned policy, the grid its checkpoint is chosen on and its test points are taken at.
+    :param lambda_range: ``[low, high]``: train one λ-conditioned policy (Agg only) for every λ in
+        the range, each episode drawing its λ log-uniformly and observing it; ``null``: one λ.
     """
 
     observation: str = "agg"
@@ -130,6 +134,7 @@ class ActorSettings(RouterSettings):
     seq: SeqSettings = field(default_factory=SeqSettings)
     total_timesteps: int = 150_000
     sweep_lambdas: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.02])
+    lambda_range: list[float] | None = None
 
     def check(self) -> ActorSettings:
         """Refuse settings no network can be built from; messages name the key."""
@@ -149,7 +154,25 @@ class ActorSettings(RouterSettings):
                     raise ValueError(f"policy.seq.{name} = {value} must be an integer in [1, {MAX_HIDDEN_WIDTH}]")
             if self.seq.d_model % self.seq.n_heads:
                 raise ValueError(f"policy.seq.d_model = {self.seq.d_model} must be a multiple of policy.seq.n_heads = {self.seq.n_heads}")
+        conditioning = self.conditioning()
+        if conditioning is not None:
+            if self.observation != "agg":
+                raise ValueError(f"policy.lambda_range is built for policy.observation = 'agg', not {self.observation!r}")
+            for index, lam in enumerate(self.sweep_lambdas):
+                conditioning.check(lam, f"policy.sweep_lambdas[{index}]")
         return self
+
+    def conditioning(self) -> LambdaRange | None:
+        """The λ range of a λ-conditioned policy (``None``: trained for one λ)."""
+        if self.lambda_range is None:
+            return None
+        bounds = list(self.lambda_range)
+        if len(bounds) != 2 or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in bounds):
+            raise ValueError(f"policy.lambda_range = {self.lambda_range!r} must be two numbers [low, high]")
+        try:
+            return LambdaRange(float(bounds[0]), float(bounds[1]))
+        except ValueError as error:
+            raise ValueError(f"policy.{error}") from None
 
     def network(self, observation_dim: int) -> dict[str, Any]:
         """The network shape recorded in ``config.json`` (field ``network``)."""
@@ -164,22 +187,41 @@ class ActorRouter(Router):
     :param observation: ``agg`` or ``seq``.
     :param config: the router's self-description (see :class:`~agents.base.Router`).
     :param sb3_model: the trained stable-baselines3 model, saved beside the actor (after training only).
+    :param lambda_range: a λ-conditioned actor's range (``None``: trained for one λ, no operating point).
+    :param lam: a λ-conditioned actor's operating point (in ``lambda_range``).
     """
 
     kind = "actor"
     Settings = ActorSettings
     config_groups: ClassVar[dict[str, type]] = {"ppo": PPOSettings}
 
-    def __init__(self, network: ActorNetwork, observation: str, config: dict[str, Any] | None = None, sb3_model: Any = None) -> None:
+    def __init__(self, network: ActorNetwork, observation: str, config: dict[str, Any] | None = None, sb3_model: Any = None,
+                 lambda_range: LambdaRange | None = None, lam: float | None = None) -> None:
         super().__init__(config)
         self.network = network.eval()
         self.observation_kind = observation  # type: ignore[misc]
         self.sb3_model = sb3_model
+        self.lambda_range = lambda_range
+        self.lam = None if lambda_range is None else lambda_range.check(lambda_range.low if lam is None else lam)
 
     @torch.no_grad()
     def predict(self, observations: np.ndarray) -> np.ndarray:
-        logits = self.network(torch.as_tensor(np.asarray(observations, dtype=np.float32)))
+        observations = np.asarray(observations, dtype=np.float32)
+        if self.lambda_range is not None:  # the policy reads its operating point as one more feature
+            observations = with_lambda(observations, self.lam, self.lambda_range)  # type: ignore[arg-type]
+        logits = self.network(torch.as_tensor(observations))
         return logits.argmax(-1).numpy()
+
+    def operating_point_parameter(self) -> str | None:
+        return None if self.lambda_range is None else "lambda"
+
+    def operating_point_range(self) -> tuple[float, float] | None:
+        return None if self.lambda_range is None else (self.lambda_range.low, self.lambda_range.high)
+
+    def set_operating_point(self, value: float) -> None:
+        if self.lambda_range is None:
+            super().set_operating_point(value)
+        self.lam = self.lambda_range.check(value)  # type: ignore[union-attr]
 
     @classmethod
     def fit(cls, settings: ActorSettings, data: TrainingData, ppo: PPOSettings | None = None, **groups: Any) -> Fitted:
@@ -189,15 +231,21 @@ class ActorRouter(Router):
 
         settings.check()
         ppo_settings = (ppo or PPOSettings()).check()
+        conditioning = settings.conditioning()
+        if conditioning is not None:
+            conditioning.check(data.lam)
         spec = PolicySpec(settings.observation, list(settings.hidden), settings.activation,
                           asdict(settings.seq) if settings.observation == "seq" else {})
         result = train_router(data.trees, data.train_queries, data.validation, spec, ppo_settings, settings.total_timesteps,
                               data.lam, data.cost_unit_tokens, data.seed, data.progress_bar, data.log,
                               checkpoint_dir=None if data.run_dir is None else data.run_dir / CHECKPOINT_DIR,
-                              resume_from=data.resume_from, run_config=data.identity(settings), tensorboard_dir=data.tensorboard_dir)
+                              resume_from=data.resume_from, run_config=data.identity(settings), tensorboard_dir=data.tensorboard_dir,
+                              lambda_range=conditioning, validation_lambdas=list(settings.sweep_lambdas))
         observation_dim = result.observation_dim
         config = {**data.identity(settings), "ppo": asdict(ppo_settings), "kind": cls.kind, "observation": settings.observation,
                   "network": settings.network(observation_dim)}
+        if conditioning is not None:
+            config["lambda_conditioning"] = {"feature": LAMBDA_FEATURE, "low": conditioning.low, "high": conditioning.high}
         summary = {
             "validation_objective": result.best["objective"],
             "best_checkpoint_timesteps": result.best["timesteps"],
@@ -205,7 +253,8 @@ class ActorRouter(Router):
             "env_steps": result.env_steps,
             "env_steps_per_s": result.env_steps / max(result.wall_time_s, 1e-9),
         }
-        return Fitted(cls(result.actor, settings.observation, config, result.model), summary, result.history)
+        router = cls(result.actor, settings.observation, config, result.model, conditioning, data.lam if conditioning else None)
+        return Fitted(router, summary, result.history, list(settings.sweep_lambdas) if conditioning else None)
 
     def save(self, directory: str | Path) -> Path:
         """``config.json`` and ``model.safetensors``; after training also SB3's ``sb3_model.zip``."""
@@ -232,4 +281,13 @@ class ActorRouter(Router):
             raise ValueError(
                 f"{weights_path}: unreadable or does not fit the network in {config_path} (field network = {network_config}): {error}"
             ) from error
-        return cls(network, config["observation"], config)
+        conditioning = config.get("lambda_conditioning")
+        if conditioning is None:
+            return cls(network, config["observation"], config)
+        try:
+            if conditioning["feature"] != LAMBDA_FEATURE:
+                raise ValueError(f"feature {conditioning['feature']!r} is not this trim's {LAMBDA_FEATURE!r}")
+            lambda_range = LambdaRange(float(conditioning["low"]), float(conditioning["high"]))
+            return cls(network, config["observation"], config, None, lambda_range, float(config["lambda"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{config_path}: field lambda_conditioning or lambda is malformed ({error})") from None

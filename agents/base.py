@@ -12,13 +12,18 @@ Every router kind (TRIM-Thr, TRIM-Agg/Seq, TRIM-POMDP, the step-level baselines,
   validation part), returning a :class:`Fitted` router and what fitting measured;
 - :meth:`Router.save` / :meth:`Router.load` of a self-describing directory (``config.json``:
   format version, kind, settings, λ, cost unit, data identity; see :mod:`agents.export`);
-- optionally :meth:`Router.sweep`, the points a kind gives without training (e.g. one per threshold).
+- optionally :meth:`Router.sweep`, the points a kind gives without training (e.g. one per threshold);
+- optionally an *operating point* (:meth:`Router.operating_point_parameter`,
+  :meth:`Router.set_operating_point`): one parameter that moves a fitted router along its
+  cost/accuracy curve without refitting (TRIM-Thr's threshold, TRIM-POMDP's λ, a λ-conditioned
+  actor's λ), which evaluation, calibration, live routing and the server use.
 
 Entry points find a kind through :mod:`agents.registry`, never by name in an if/elif ladder.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -103,11 +108,14 @@ class Fitted:
     :param summary: figures for the results point (``validation_objective``, ``train_wall_time_s``,
         ``env_steps``, and kind-specific ones).
     :param history: per-evaluation training records (written as ``training_history.json``), if any.
+    :param operating_points: values of the router's operating point to evaluate it at on the test
+        split, one point each (a λ-conditioned policy's λ grid); ``None``: one point, as exported.
     """
 
     router: Router
     summary: dict[str, Any]
     history: list[dict[str, float]] | None = None
+    operating_points: list[float] | None = None
 
 
 @dataclass
@@ -175,6 +183,30 @@ class Router(ABC):
     def act(self, observation: np.ndarray) -> int:
         """Action for one environment observation."""
         return int(self.predict(observation[None])[0])
+
+    # -- operating point --------------------------------------------------------------------------
+
+    def operating_point_parameter(self) -> str | None:
+        """``"threshold"`` or ``"lambda"``: what :meth:`set_operating_point` sets; ``None``: the router has no operating point."""
+        return None
+
+    def operating_point_range(self) -> tuple[float, float] | None:
+        """The values :meth:`set_operating_point` accepts, if they are bounded (e.g. the λ range a policy was trained for)."""
+        return None
+
+    def set_operating_point(self, value: float) -> None:
+        """Move this router to operating point ``value`` of :meth:`operating_point_parameter`.
+
+        :raises ValueError: the router has no operating point, or ``value`` is outside its range.
+        """
+        raise ValueError(f"a {type(self).__name__} (kind {self.kind!r}) has no operating point: it was fitted for one setting")
+
+    def at_operating_point(self, value: float) -> Router:
+        """A copy of this router at operating point ``value`` (this one is unchanged)."""
+        router = copy.copy(self)
+        router.config = dict(self.config)
+        router.set_operating_point(value)
+        return router
 
     # -- plugin lifecycle -------------------------------------------------------------------------
 

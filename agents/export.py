@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 import yaml
@@ -96,7 +96,7 @@ def _numbers(values: dict[str, Any]) -> dict[str, float | int]:
 
 def model_card(
     config: dict[str, Any],
-    test_point: dict[str, Any],
+    test_points: list[dict[str, Any]],
     anchors: list[dict[str, Any]],
     manifest: dict[str, Any],
     data_path: str | None,
@@ -106,7 +106,8 @@ def model_card(
     """The model card (``README.md``) of an exported router: YAML front matter, then prose and a table.
 
     :param config: the router's ``config.json`` (policy, kind, λ, cost unit, dataset hash and train split).
-    :param test_point: the router's ``results.json`` point (test metrics, ``seed``, training figures).
+    :param test_points: the router's ``results.json`` points (test metrics, ``lambda``, ``seed``, training
+        figures): one, or one per λ of a λ-conditioned router's grid.
     :param anchors: the weak-only and strong-only points of the test split.
     :param manifest: the training dataset's manifest (its source: simulator preset or models).
     :param data_path: ``data.path`` as given (``None``: trim's bundled default data).
@@ -114,7 +115,11 @@ def model_card(
     :param n_test_queries: how many queries that split has.
     """
     simulated = manifest["source"].get("kind") == "simulator"
-    test_metrics = {key: test_point[key] for key in CARD_METRICS if key in test_point}
+    test_point = test_points[0]
+    per_point = [{key: point[key] for key in CARD_METRICS if key in point} for point in test_points]
+    conditioning = config.get("lambda_conditioning")
+    test_metrics: Any = per_point[0] if len(test_points) == 1 else [
+        {"lambda": point.get("lambda"), **metrics} for point, metrics in zip(test_points, per_point)]
     training = {key: value for key, value in _numbers(test_point).items()
                 if key not in CARD_METRICS and key not in ("lambda", "seed", "parameter")}
     front: dict[str, Any] = {
@@ -126,7 +131,8 @@ def model_card(
     front["trim"] = {
         "policy": config.get("policy"),
         "kind": config.get("kind"),
-        "lambda": test_point.get("lambda", config.get("lambda")),
+        "lambda": config.get("lambda") if len(test_points) > 1 else test_point.get("lambda", config.get("lambda")),
+        **({"lambda_range": [conditioning["low"], conditioning["high"]]} if conditioning else {}),
         "seed": test_point.get("seed"),
         "cost_unit_tokens": config.get("cost_unit_tokens"),
         "dataset": {
@@ -142,18 +148,26 @@ def model_card(
     }
     lam = front["trim"]["lambda"]
     dataset = "trim's bundled default data" if data_path is None else f"`{data_path}`"
-    rows = [f"| {label} | {_cell(test_metrics.get(key))} | {_cell(anchors[0].get(key))} | {_cell(anchors[1].get(key))} |"
-            for key, label in CARD_METRICS.items()]
+    columns = ["this router"] if len(test_points) == 1 else [f"λ = {point.get('lambda')}" for point in test_points]
+    rows = [f"| {label} | " + " | ".join(_cell(metrics.get(key)) for metrics in per_point)
+            + f" | {_cell(anchors[0].get(key))} | {_cell(anchors[1].get(key))} |" for key, label in CARD_METRICS.items()]
+    if conditioning:
+        trained_for = (f"for every λ in [{conditioning['low']}, {conditioning['high']}] (λ-conditioned: each training episode drew "
+                       f"its λ and the policy reads it; default operating point λ = {lam}, move it with "
+                       "`router.set_operating_point(λ)`)")
+    else:
+        trained_for = f"with λ = {lam}"
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
-        f"# trim router: policy `{config.get('policy')}` at λ = {lam}",
+        f"# trim router: policy `{config.get('policy')}` " + (f"for λ in [{conditioning['low']}, {conditioning['high']}]"
+                                                               if conditioning else f"at λ = {lam}"),
         "",
         "A step-level router between a weak and a strong LLM, trained with trim: at each step of the weak model's "
         "solution it decides whether the strong model rewrites the step. It was trained for the reward "
-        f"accuracy − λ · strong tokens / {config.get('cost_unit_tokens')} with λ = {lam} "
+        f"accuracy − λ · strong tokens / {config.get('cost_unit_tokens')} {trained_for} "
         f"(seed {test_point.get('seed')}).",
         "",
         "## Training data",
@@ -167,8 +181,8 @@ def model_card(
         f"Split `{test_split}` of the same dataset ({n_test_queries} queries), evaluated once after training"
         + (" — simulated figures, not real model results:" if simulated else ":"),
         "",
-        "| figure | this router | weak-only | strong-only |",
-        "|---|---|---|---|",
+        "| figure | " + " | ".join(columns) + " | weak-only | strong-only |",
+        "|---|" + "---|" * (len(columns) + 2),
         *rows,
         "",
         "## How to load it",
@@ -193,7 +207,7 @@ def _cell(value: Any) -> str:
 
 def write_model_card(
     directory: str | Path,
-    test_point: dict[str, Any],
+    test_points: list[dict[str, Any]],
     anchors: list[dict[str, Any]],
     manifest: dict[str, Any],
     data_path: str | None,
@@ -205,7 +219,7 @@ def write_model_card(
     The router's own ``config.json`` supplies policy, kind, λ and the dataset identity.
     """
     config = read_router_config(directory)
-    card = model_card(config, test_point, anchors, manifest, data_path, test_split, n_test_queries)
+    card = model_card(config, test_points, anchors, manifest, data_path, test_split, n_test_queries)
     return atomic.write_text(Path(directory) / MODEL_CARD_FILE, card)
 
 
@@ -280,10 +294,13 @@ class SavedRouterSettings(RouterSettings):
 
     :param path: the directory written by ``trim-train`` into ``OUT/router``.
     :param allow_training_queries: score it on queries it was trained on anyway (refused by default).
+    :param operating_points: evaluate it at each of these operating points (TRIM-Thr's threshold,
+        λ of TRIM-POMDP or of a λ-conditioned router), one point each; ``null``: once, as exported.
     """
 
     path: str = "???"
     allow_training_queries: bool = False
+    operating_points: Optional[list[float]] = None
 
 
 class SavedRouter:
@@ -305,4 +322,14 @@ class SavedRouter:
         """One point: the exported router on ``trees`` (refused on its own training queries unless allowed)."""
         check_not_trained_on(settings.path, trees.query_id, settings.allow_training_queries)
         router = load_router(settings.path)
-        return [SweepPoint(f"router:{router.config['policy']}", router.config.get("lambda"), run_episodes(trees, router))]
+        label = f"router:{router.config['policy']}"
+        if settings.operating_points is None:
+            return [SweepPoint(label, router.config.get("lambda"), run_episodes(trees, router))]
+        points = []
+        for index, value in enumerate(settings.operating_points):
+            try:
+                moved = router.at_operating_point(float(value))
+            except ValueError as error:
+                raise ValueError(f"policy.operating_points[{index}] = {value}: {error}") from None
+            points.append(SweepPoint(label, float(value), run_episodes(trees, moved)))
+        return points

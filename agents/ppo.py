@@ -38,6 +38,7 @@ from agents.extractors import SeqTransformerExtractor
 from agents.networks import ActorNetwork
 from trim_env import atomic
 from trim_env.evaluation import BatchPolicy, DecisionBatch, run_episodes, validation_objective
+from trim_env.features import LambdaRange, with_lambda
 from trim_env.tree import RolloutTrees
 from trim_env.vec_env import StepRoutingVecEnv
 
@@ -96,14 +97,18 @@ def extract_actor(model: PPO, spec: PolicySpec, observation_dim: int) -> ActorNe
 
 
 class _PolicyDecider:
-    """The SB3 policy's deterministic action, for the batch evaluator."""
+    """The SB3 policy's deterministic action, for the batch evaluator (a λ-conditioned one at ``lam``)."""
 
-    def __init__(self, model: PPO, observation: str) -> None:
+    def __init__(self, model: PPO, observation: str, lambda_range: LambdaRange | None = None, lam: float = 0.0) -> None:
         self.model = model
         self.observation = observation
+        self.lambda_range = lambda_range
+        self.lam = lam
 
     def decide(self, batch: DecisionBatch) -> np.ndarray:
         observations = batch.agg() if self.observation == "agg" else batch.seq()
+        if self.lambda_range is not None:
+            observations = with_lambda(observations, self.lam, self.lambda_range)
         actions, _ = self.model.policy.predict(observations, deterministic=True)
         return actions
 
@@ -111,14 +116,16 @@ class _PolicyDecider:
 class TrainingSchedule(BaseCallback):
     """The entropy coefficient, decayed linearly over training, and the env's λ, warmed up from 0.
 
-    Both are functions of the step count only, so a resumed run follows the same schedule.
+    Both are functions of the step count only, so a resumed run follows the same schedule. A
+    λ-conditioned env draws each episode's λ itself, small ones included: no warm-up there.
     """
 
-    def __init__(self, settings: PPOSettings, total_timesteps: int, lam: float) -> None:
+    def __init__(self, settings: PPOSettings, total_timesteps: int, lam: float, conditioned: bool = False) -> None:
         super().__init__()
         self.settings = settings
         self.total_timesteps = total_timesteps
         self.lam = lam
+        self.conditioned = conditioned
 
     #: What this callback drives (SB3 types it as the base class).
     model: PPO
@@ -127,7 +134,8 @@ class TrainingSchedule(BaseCallback):
         progress = min(1.0, self.num_timesteps / self.total_timesteps)
         self.model.ent_coef = self.settings.ent_coef_start + (self.settings.ent_coef_end - self.settings.ent_coef_start) * progress
         warmup = self.settings.lambda_warmup_fraction
-        routing_env(self.training_env).set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
+        if not self.conditioned:
+            routing_env(self.training_env).set_lambda(self.lam * (min(1.0, progress / warmup) if warmup > 0 else 1.0))
         return True
 
 
@@ -152,6 +160,10 @@ class ValidationCallback(EvalCallback):
     :param cost_unit_tokens: the env's cost unit.
     :param eval_every: evaluate at the first step at or after every this many steps (from step 0).
     :param log: called with each record (plus SB3's latest training figures) and the step count.
+    :param lambda_range: a λ-conditioned policy's range: it is played at every λ of
+        ``validation_lambdas`` and scored by the mean of those returns, so the kept checkpoint is the
+        best for the frontier as a whole, not for one of its points.
+    :param validation_lambdas: the λ grid of a conditioned policy's validation.
     """
 
     def __init__(
@@ -162,8 +174,12 @@ class ValidationCallback(EvalCallback):
         cost_unit_tokens: float,
         eval_every: int,
         log: Callable[[dict[str, float], int], None] | None = None,
+        lambda_range: LambdaRange | None = None,
+        validation_lambdas: list[float] | None = None,
     ) -> None:
         super().__init__(eval_env, eval_freq=eval_every, deterministic=True, verbose=0, warn=False)
+        self.lambda_range = lambda_range
+        self.validation_lambdas = list(validation_lambdas or [lam])
         self.observation = observation
         self.lam = lam
         self.cost_unit_tokens = cost_unit_tokens
@@ -179,19 +195,29 @@ class ValidationCallback(EvalCallback):
     #: What this callback drives (SB3 types it as the base class).
     model: PPO
 
-    def decider(self) -> BatchPolicy:
-        """The policy to score: the SB3 policy's deterministic action."""
-        return _PolicyDecider(self.model, self.observation)
+    def decider(self, lam: float | None = None) -> BatchPolicy:
+        """The policy to score: the SB3 policy's deterministic action (a conditioned one's at ``lam``)."""
+        return _PolicyDecider(self.model, self.observation, self.lambda_range, self.lam if lam is None else lam)
 
     def validation_record(self) -> dict[str, float]:
-        """The ``validation/*`` figures of the current policy; ``validation/objective`` chooses the best."""
-        outcomes = run_episodes(routing_env(self.eval_env).trees, self.decider())
-        return {
-            "validation/objective": validation_objective(outcomes.correct, outcomes.strong_tokens, self.lam, self.cost_unit_tokens),
-            "validation/accuracy": float(outcomes.correct.mean()),
-            "validation/strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
-            "validation/escalations_per_query": float(outcomes.escalations.mean()),
-        }
+        """The ``validation/*`` figures of the current policy; ``validation/objective`` chooses the best.
+
+        A conditioned policy's figures are the means over the λ grid, each λ's also under ``validation/lambda=<λ>/``.
+        """
+        trees = routing_env(self.eval_env).trees
+        per_lambda = []
+        for lam in self.validation_lambdas if self.lambda_range is not None else [self.lam]:
+            outcomes = run_episodes(trees, self.decider(lam))
+            per_lambda.append((lam, {
+                "objective": validation_objective(outcomes.correct, outcomes.strong_tokens, lam, self.cost_unit_tokens),
+                "accuracy": float(outcomes.correct.mean()),
+                "strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
+                "escalations_per_query": float(outcomes.escalations.mean()),
+            }))
+        record = {f"validation/{key}": float(np.mean([figures[key] for _, figures in per_lambda])) for key in per_lambda[0][1]}
+        if self.lambda_range is not None:
+            record.update({f"validation/lambda={lam:g}/{key}": value for lam, figures in per_lambda for key, value in figures.items()})
+        return record
 
     def elapsed_s(self) -> float:
         """Training time so far, across resumes."""
@@ -328,10 +354,12 @@ def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def make_vec_env(
-    trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings
+    trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings,
+    lambda_range: LambdaRange | None = None,
 ) -> VecEnv:
     """The batched env: ``n_envs`` episodes over ``queries``, env ``i`` shuffling them with seed ``seed + i``."""
-    return StepRoutingVecEnv(trees, settings.n_envs, observation, lam, cost_unit_tokens, seed=seed, queries=queries)
+    return StepRoutingVecEnv(trees, settings.n_envs, observation, lam, cost_unit_tokens, seed=seed, queries=queries,
+                             lambda_range=lambda_range)
 
 
 def train_router(
@@ -350,6 +378,8 @@ def train_router(
     resume_from: Path | None = None,
     run_config: dict[str, Any] | None = None,
     tensorboard_dir: Path | None = None,
+    lambda_range: LambdaRange | None = None,
+    validation_lambdas: list[float] | None = None,
 ) -> TrainResult:
     """Train a PPO router on ``train_queries`` of ``trees`` and return its best checkpoint.
 
@@ -371,6 +401,8 @@ def train_router(
     :param run_config: what identifies this run (settings, data, λ, seed), recorded in checkpoints;
         resuming a checkpoint of another config is refused, naming the differing key.
     :param tensorboard_dir: also write SB3's own log (``train/*``, ``rollout/*``, ``time/fps``) as TensorBoard events here.
+    :param lambda_range: train one λ-conditioned policy over this range (``lam`` is then only its default).
+    :param validation_lambdas: a conditioned policy's checkpoint is chosen by its mean validation return over these λ.
     """
     run_config = {**(run_config or {}), "seed": seed, "total_timesteps": total_timesteps, "train_queries": np.asarray(train_queries).tolist(),
                   "ppo": asdict(settings)}
@@ -379,7 +411,7 @@ def train_router(
         check_same_run(state["run_config"], run_config, resume_from, ignore=tuple(f"ppo.{key}" for key in RESUMABLE_CHANGES))
     set_random_seed(seed)
     torch.set_num_threads(settings.torch_threads)
-    env = VecMonitor(make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings))
+    env = VecMonitor(make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings, lambda_range))
     if resume_from is None:
         model = PPO(
             "MlpPolicy",
@@ -405,8 +437,9 @@ def train_router(
     if tensorboard_dir is not None:
         model.set_logger(configure(str(tensorboard_dir), ["tensorboard"]))
     validation_env = VecMonitor(StepRoutingVecEnv(validation, 1, spec.observation, lam, cost_unit_tokens, seed=None, shuffle=False))
-    evaluation = ValidationCallback(validation_env, spec.observation, lam, cost_unit_tokens, settings.eval_every, log)
-    callbacks: list[BaseCallback] = [TrainingSchedule(settings, total_timesteps, lam), evaluation]
+    evaluation = ValidationCallback(validation_env, spec.observation, lam, cost_unit_tokens, settings.eval_every, log,
+                                    lambda_range, validation_lambdas)
+    callbacks: list[BaseCallback] = [TrainingSchedule(settings, total_timesteps, lam, lambda_range is not None), evaluation]
     checkpoints = None
     if checkpoint_dir is not None and settings.checkpoint_every > 0:
         checkpoints = RolloutCheckpointCallback(settings.checkpoint_every, checkpoint_dir, evaluation, run_config, [trees, validation])

@@ -67,6 +67,12 @@ class ThresholdRouter(Router):
     def predict(self, observations: np.ndarray) -> np.ndarray:
         return (observations[..., 0] < self.threshold).astype(np.int64)
 
+    def operating_point_parameter(self) -> str:
+        return "threshold"
+
+    def set_operating_point(self, value: float) -> None:
+        self.threshold = check_thresholds([value], "threshold")[0]
+
     def decide(self, batch: DecisionBatch) -> np.ndarray:
         return batch.proposal_prm < self.threshold  # no feature matrix needed
 

@@ -75,7 +75,7 @@ def test_card_of_a_collected_dataset_names_its_models_and_not_simulation(tiny_da
               "dataset_content_hash": manifest["content_hash"], "train_split": "train"}
     point = {"accuracy": 0.5, "strong_tokens_per_query": 10.0, "normalized_cost": 0.1, "pgr": 0.4, "lambda": 0.01, "seed": 0}
     anchors = [{"accuracy": 0.3}, {"accuracy": 0.8}]
-    text = model_card(config, point, anchors, manifest, "hf://datasets/me/trees@v1", "test", 100)
+    text = model_card(config, [point], anchors, manifest, "hf://datasets/me/trees@v1", "test", 100)
     card = front_matter(text)
     assert card["datasets"] == ["me/trees"] and "synthetic-data" not in card["tags"]
     assert card["trim"]["dataset"]["simulated"] is False

@@ -213,7 +213,7 @@ def test_an_operating_point_file_sets_a_routers_default(tmp_path, upstream, rout
     answer = asyncio.run(service.complete({"model": "trim", "messages": messages()}))
     assert answer["trim"]["operating_point"] == {"threshold": 0.0} and answer["trim"]["escalations"] == 0
     with pytest.raises(ValueError, match="router_kind = 'threshold', but the router is of kind 'pomdp'"):
-        read_operating_point(point, "pomdp")
+        read_operating_point(point, "pomdp", "lambda")
 
 
 @pytest.mark.parametrize(("body", "param", "message"), [
@@ -428,13 +428,19 @@ def test_the_controller_takes_an_operating_point_file(tmp_path, upstream, router
 
 
 def test_calibration_picks_the_dearest_threshold_within_the_budget(tiny_trees):
-    best, evaluated = calibrate(ThresholdRouter(0.5), "threshold", tiny_trees, "normalized_cost", 0.2, grid_points=11, refine_steps=4)
+    best, evaluated = calibrate(ThresholdRouter(0.5), tiny_trees, "normalized_cost", 0.2, grid_points=11, refine_steps=4)
     affordable = [candidate for candidate in evaluated if candidate.figures["normalized_cost"] <= 0.2]
     assert best.figures["normalized_cost"] <= 0.2 and 0 < best.value < 1
     assert best.figures["normalized_cost"] == max(candidate.figures["normalized_cost"] for candidate in affordable)
     assert any(candidate.figures["normalized_cost"] > 0.2 for candidate in evaluated)  # the budget binds
+    class OneSetting(ThresholdRouter):  # a router fitted for one setting
+        kind = "actor"
+
+        def operating_point_parameter(self) -> None:
+            return None
+
     with pytest.raises(ValueError, match="router kind 'actor' has no operating point"):
-        calibrate(ThresholdRouter(0.5), "actor", tiny_trees, "normalized_cost", 0.2)
+        calibrate(OneSetting(0.5), tiny_trees, "normalized_cost", 0.2)
 
 
 def test_calibration_of_a_pomdp_router_chooses_lambda_and_the_server_solves_for_it(tiny_dataset_dir, tiny_trees, tmp_path):
@@ -447,7 +453,7 @@ def test_calibration_of_a_pomdp_router_chooses_lambda_and_the_server_solves_for_
     router = solve_router(model, 0.01, 10.0, "bayes", grid_size=201, max_strong_steps=2)
     export_router(tmp_path / "pomdp", router, {"policy": "pomdp", "lambda": 0.01, "cost_unit_tokens": 10.0})
     target = 60.0
-    best, _ = calibrate(router, "pomdp", tiny_trees, "strong_tokens_per_query", target, grid_points=6, refine_steps=2,
+    best, _ = calibrate(router, tiny_trees, "strong_tokens_per_query", target, grid_points=6, refine_steps=2,
                                 lambda_range=(1e-3, 1.0))
     assert best.figures["strong_tokens_per_query"] <= target
     point = write_operating_point(tmp_path / "point.json", "pomdp", OperatingPoint("lambda", best.value), {})

@@ -81,7 +81,7 @@ def test_router_artifact_holds_every_exported_file_with_its_config_and_test_metr
         assert entry.digest == md5_base64(router / name) == md5_base64(Path(entry.local_path)), name
     metadata = json.loads(artifact.metadata)
     assert metadata["router_config"] == json.loads((router / "config.json").read_text())
-    assert metadata["test_point"] == json.loads((out / "results.json").read_text())["points"][-1]
+    assert metadata["test_points"] == json.loads((out / "results.json").read_text())["points"][2:]  # after the two anchors
     assert metadata["run_config"]["lambda"] == lam and metadata["run_config"]["policy"]["name"] == "thr"
 
 

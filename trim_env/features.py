@@ -12,6 +12,8 @@ strong steps used by :data:`STRONG_STEP_SCALE`.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +37,51 @@ AGG_FEATURES: tuple[str, ...] = (
 #: Channels of each row of the sequence (TRIM-Seq) observation; rows are steps 1..t, the last
 #: valid row is the proposed step, rows after it are zero padding with mask 0.
 SEQ_CHANNELS: tuple[str, ...] = ("prm", "tokens", "is_strong", "mask")
+#: The column a λ-conditioned Agg observation appends to :data:`AGG_FEATURES`.
+LAMBDA_FEATURE = "log_lambda"
+
+
+@dataclass(frozen=True)
+class LambdaRange:
+    """The cost weights a λ-conditioned router was trained for, and how it observes λ.
+
+    The policy reads λ as ``log(λ / low) / log(high / low)``: 0 at ``low``, 1 at ``high``. On a log
+    scale because the frontier's operating points are spread over orders of magnitude (λ from
+    0.0005 to 0.02 moves c(π) from ~0.9 to ~0.15), so a log-uniform draw trains every part of it
+    about equally, where a uniform draw would spend most episodes on the cheap end.
+
+    :param low: smallest λ (> 0).
+    :param high: largest λ (> ``low``).
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and 0 < self.low < self.high):
+            raise ValueError(f"lambda_range = [{self.low}, {self.high}] must be two finite numbers with 0 < low < high")
+
+    def check(self, lam: float, key: str = "lambda") -> float:
+        """``lam`` as a float if the range holds it; the error names ``key`` and the range."""
+        value = float(lam)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{key} = {lam} is outside the λ range [{self.low:g}, {self.high:g}] this router was trained for")
+        return value
+
+    def feature(self, lam: np.ndarray | float) -> np.ndarray:
+        """The observed value of each λ (float32)."""
+        return (np.log(np.asarray(lam, dtype=np.float64) / self.low) / math.log(self.high / self.low)).astype(np.float32)
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` draws, log-uniform on the range."""
+        return np.exp(rng.uniform(math.log(self.low), math.log(self.high), size))
+
+
+def with_lambda(observations: np.ndarray, lam: np.ndarray | float, lambda_range: LambdaRange) -> np.ndarray:
+    """Agg observations (B, 7) with the λ column appended: (B, 8)."""
+    observations = np.asarray(observations, dtype=np.float32)
+    column = np.broadcast_to(lambda_range.feature(lam), observations.shape[:-1])[..., None]
+    return np.concatenate([observations, column], axis=-1)
 
 
 def agg_features(trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:

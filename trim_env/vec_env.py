@@ -17,6 +17,11 @@ permutation of the queries, cyclically.
 empty, which is all SB3 reads. As in SB3's ``DummyVecEnv``, the automatic reset's info
 (``skipped``: queries without a decision node passed over, frozen trees only) goes to
 ``reset_infos``.
+
+**λ-conditioned episodes.** With ``lambda_range``, every episode draws its own λ (log-uniform on
+the range, :class:`~trim_env.features.LambdaRange`) when it starts, pays that λ for its strong
+tokens, and observes it as an eighth Agg column (:data:`~trim_env.features.LAMBDA_FEATURE`), so
+one policy learns the whole frontier. A finished episode's info also carries its ``lambda``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from trim_env.env import DEFAULT_COST_UNIT_TOKENS, StepRoutingEnv, check_queries, check_settings
-from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, TOKEN_FEATURE_HIGH, TOKEN_SCALE, agg_features
+from trim_env.features import SEQ_CHANNELS, TOKEN_FEATURE_HIGH, TOKEN_SCALE, LambdaRange, agg_features, with_lambda
 from trim_env.tree import MAX_STEPS, RolloutTrees
 
 
@@ -43,6 +48,8 @@ class StepRoutingVecEnv(VecEnv):
     :param seed: env ``i`` shuffles the queries with seed ``seed + i`` (``None``: unseeded).
     :param shuffle: visit queries in seeded random permutations (else in the given order).
     :param queries: the query indices to play (default: all of ``trees``).
+    :param lambda_range: draw each episode's λ from this range and show it in the observation
+        (Agg only); ``lam`` is then unused.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class StepRoutingVecEnv(VecEnv):
         seed: int | None = 0,
         shuffle: bool = True,
         queries: np.ndarray | list[int] | None = None,
+        lambda_range: LambdaRange | None = None,
     ) -> None:
         self.lam, self.cost_unit_tokens = check_settings(trees, observation, lam, cost_unit_tokens, seed)
         if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
@@ -63,11 +71,23 @@ class StepRoutingVecEnv(VecEnv):
         self.observation = observation
         self.shuffle = bool(shuffle)
         self.queries = check_queries(trees, queries)
-        self._cost_per_token = self.lam / self.cost_unit_tokens
+        if lambda_range is not None and observation != "agg":
+            raise ValueError(f"lambda_range is built for the agg observation, not {observation!r}")
+        self.lambda_range = lambda_range
         # The single env's spaces: one definition of what a router observes.
         template = StepRoutingEnv(trees, observation, lam, cost_unit_tokens, None, shuffle, self.queries)
-        super().__init__(int(n_envs), template.observation_space, spaces.Discrete(2))
+        observation_space = template.observation_space
+        assert isinstance(observation_space, spaces.Box)
+        if lambda_range is not None:
+            observation_space = spaces.Box(np.append(observation_space.low, 0.0).astype(np.float32),
+                                           np.append(observation_space.high, 1.0).astype(np.float32), dtype=np.float32)
+        super().__init__(int(n_envs), observation_space, spaces.Discrete(2))
         n = self.num_envs
+        #: Each env's current λ and what one strong token costs it.
+        self._lam = np.full(n, self.lam)
+        self._cost_per_token = self._lam / self.cost_unit_tokens
+        # Its own stream, so that conditioning leaves the query orders of a seed unchanged.
+        self._lambda_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._orders = [self._order(None if seed is None else seed + rank) for rank in range(n)]
         self._positions = np.zeros(n, dtype=np.int64)
         self._node = np.zeros(n, dtype=np.int64)
@@ -84,8 +104,11 @@ class StepRoutingVecEnv(VecEnv):
 
     def set_lambda(self, lam: float) -> None:
         """Change the cost weight from the next step on (a training schedule may anneal it)."""
+        if self.lambda_range is not None:
+            raise ValueError("a λ-conditioned env draws each episode's λ from its lambda_range; set_lambda does not apply")
         self.lam, _ = check_settings(self.trees, self.observation, lam, self.cost_unit_tokens, None)
-        self._cost_per_token = self.lam / self.cost_unit_tokens
+        self._lam[:] = self.lam
+        self._cost_per_token = self._lam / self.cost_unit_tokens
 
     # ------------------------------------------------------------------------------------------
     # Episode mechanics (all arrays over envs)
@@ -134,6 +157,9 @@ class StepRoutingVecEnv(VecEnv):
             self._escalations[at] = 0
             self._cap_reached[at] = False
             self._seq[at] = 0.0
+            if self.lambda_range is not None:
+                self._lam[at] = self.lambda_range.sample(self._lambda_rng, len(at))
+                self._cost_per_token[at] = self._lam[at] / self.cost_unit_tokens
             node = self._play_to_decision(at, self.trees.root[queries].astype(np.int64))
             self._node[at] = node
             dead = self.trees.terminal[node]
@@ -152,7 +178,10 @@ class StepRoutingVecEnv(VecEnv):
         trees = self.trees
         node = self._node if envs is None else self._node[envs]
         if self.observation == "agg":
-            return agg_features(trees, node)
+            observations = agg_features(trees, node)
+            if self.lambda_range is None:
+                return observations
+            return with_lambda(observations, self._lam if envs is None else self._lam[envs], self.lambda_range)
         at = np.arange(self.num_envs) if envs is None else envs
         proposal = trees.weak_child[node]
         rows = np.zeros((len(at), len(SEQ_CHANNELS)), dtype=np.float32)
@@ -214,7 +243,9 @@ class StepRoutingVecEnv(VecEnv):
             correct = trees.correct[node[finished]]
             rewards[finished] += correct
             terminal_obs = (
-                np.zeros((finished.size, len(AGG_FEATURES)), dtype=np.float32) if self.observation == "agg" else self._seq[finished].copy()
+                np.zeros((finished.size, *self.observation_space.shape), dtype=np.float32)  # type: ignore[misc]
+                if self.observation == "agg"
+                else self._seq[finished].copy()
             )
             for row, env in enumerate(finished):
                 query = int(self._query[env])
@@ -229,6 +260,8 @@ class StepRoutingVecEnv(VecEnv):
                     "TimeLimit.truncated": False,
                     "terminal_observation": terminal_obs[row],
                 }
+                if self.lambda_range is not None:
+                    infos[env]["lambda"] = float(self._lam[env])
             for env, queries in zip(finished, self._start(finished)):
                 self.reset_infos[env] = {"skipped": queries}
         return self._observations(), rewards, dones, infos
@@ -282,6 +315,8 @@ class StepRoutingVecEnv(VecEnv):
             "seq": self._seq.copy(),
             "started": self._started,
             "skipped_total": self.skipped_total,
+            "episode_lambdas": self._lam.copy(),
+            "lambda_rng": self._lambda_rng.bit_generator.state,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -316,7 +351,12 @@ class StepRoutingVecEnv(VecEnv):
             nodes[env] = node[0]
         # As at the end of _play_to_decision: the proposal at each decision node exists.
         trees.grow_weak(nodes[~trees.terminal[nodes]])
-        self.set_lambda(float(state["lam"]))
+        if self.lambda_range is None:
+            self.set_lambda(float(state["lam"]))
+        else:
+            self._lam = np.array(state["episode_lambdas"], dtype=np.float64)
+            self._cost_per_token = self._lam / self.cost_unit_tokens
+            self._lambda_rng.bit_generator.state = state["lambda_rng"]
         self._orders = [row.copy() for row in orders]
         self._positions = np.array(state["positions"], dtype=np.int64)
         self._query = np.array(state["query"], dtype=np.int64)

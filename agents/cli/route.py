@@ -40,6 +40,9 @@ class RouteConfig:
     problem: str = MISSING
     #: A reference answer to grade the solution against (null: not graded).
     answer: Optional[str] = None
+    #: The router's operating point (TRIM-Thr's threshold, λ of TRIM-POMDP or of a λ-conditioned
+    #: router); null: as exported.
+    operating_point: Optional[float] = None
     #: Print the whole record as JSON instead of the marked steps.
     print_json: bool = False
     #: Decoded-token limit of one step, for both models.
@@ -80,6 +83,11 @@ def route(cfg: DictConfig) -> RoutedSolution:
     """Load the router and the configured backends, then solve ``cfg.problem``."""
     config: Any = OmegaConf.to_container(cfg, resolve=True)
     router = load_router(config["router"])
+    if config["operating_point"] is not None:
+        try:
+            router.set_operating_point(config["operating_point"])
+        except ValueError as error:
+            raise ValueError(f"operating_point = {config['operating_point']}: {error}") from None
     weak, strong, prm = make_backends(config)
     step_router = StepRouter(
         router, weak, strong, prm, config["max_steps"], config["max_strong_tokens"], config["max_strong_steps"], config["seed"]

@@ -118,18 +118,25 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if fitted.history is not None:
         atomic.write_json(out / "training_history.json", fitted.history)
     router = load_router(router_dir)  # evaluate exactly what was exported
-    point = make_point(str(cfg.policy.name), lam, run_episodes(test_trees, router), reference(test_trees))
+    points = []
+    for value in fitted.operating_points or [lam]:
+        at = router if fitted.operating_points is None else router.at_operating_point(value)
+        point = make_point(str(cfg.policy.name), value, run_episodes(test_trees, at), reference(test_trees))
+        points.append({**point, "lambda": value, "seed": seed, **fitted.summary})
     for trees in (train_trees, validation, test_trees):
         trees.flush()
-    point = {**point, "lambda": lam, "seed": seed, **fitted.summary}
     anchors = anchor_points(test_trees)
-    write_model_card(router_dir, point, anchors, read_manifest(data_dir), cfg.data.path, str(cfg.data.split), test_trees.num_queries)
-    tracker.summary({f"test/{key}": value for key, value in point.items() if isinstance(value, (int, float))})
+    write_model_card(router_dir, points, anchors, read_manifest(data_dir), cfg.data.path, str(cfg.data.split), test_trees.num_queries)
+    if len(points) == 1:
+        tracker.summary({f"test/{key}": value for key, value in points[0].items() if isinstance(value, (int, float))})
+    else:
+        tracker.summary({f"test/lambda={point['lambda']:g}/{key}": value for point in points
+                         for key, value in point.items() if isinstance(value, (int, float))})
     tracker.log_router(router_dir, f"{cfg.policy.name}-lambda-{lam}-seed-{seed}",
-                       {"router_config": router.config, "run_config": resolved, "test_point": point})
+                       {"router_config": router.config, "run_config": resolved, "test_points": points})
     tracker.finish()
     # The config is the truth: the fit was given exactly cfg.policy (and its groups) as dataclasses.
-    return {"config": resolved, "points": [*anchors, point]}
+    return {"config": resolved, "points": [*anchors, *points]}
 
 
 def resume_run_dir(resume: str | None, default: str) -> str:

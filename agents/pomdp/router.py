@@ -135,6 +135,19 @@ class PomdpRouter(Router):
         q_continue, q_regenerate = self.q_values(observations)
         return (q_regenerate > q_continue).astype(np.int64)
 
+    def operating_point_parameter(self) -> str:
+        return "lambda"
+
+    def set_operating_point(self, value: float) -> None:
+        """Solve the fitted model again for λ = ``value`` (seconds; the server does it in a worker thread)."""
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"lambda = {value} must be a finite number >= 0")
+        if np.isclose(value, self.policy.lam, rtol=1e-12, atol=0.0):
+            return
+        solved = solve_router(self.model, value, self.policy.cost_unit_tokens, self.belief_filter,
+                              int(self.policy.continue_value.shape[-1]), self.policy.max_strong_steps)
+        self.policy = solved.policy
+
     @classmethod
     def fit(cls, settings: PomdpSettings, data: TrainingData, **groups: Any) -> Fitted:
         """Fit (or load the cached fit) on the training part of the train split, solve for λ."""

@@ -28,12 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from agents.base import Router
 from agents.export import check_not_trained_on
 from agents.serve.routers import (
-    PARAMETERS,
     OperatingPoint,
     load_served_router,
     write_operating_point,
 )
-from agents.threshold import ThresholdRouter
 from trim_env.data import growth_source, load_trees
 from trim_env.evaluation import reference, run_episodes, summarize
 from trim_env.tree import RolloutTrees
@@ -50,33 +48,24 @@ class Candidate:
     figures: dict[str, float]
 
 
-def router_at(router: Router, kind: str, value: float) -> Router:
-    """``router`` moved to operating point ``value`` (threshold k or λ)."""
-    if kind == "threshold":
-        return ThresholdRouter(value)
-    from agents.pomdp.router import solve_router  # noqa: PLC0415  (the POMDP package only when a POMDP router is calibrated)
-
-    policy = router.policy  # type: ignore[attr-defined]
-    return solve_router(router.model, value, policy.cost_unit_tokens, router.belief_filter,  # type: ignore[attr-defined]
-                        int(policy.continue_value.shape[-1]), policy.max_strong_steps)
-
-
-def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, target: float, grid_points: int = 21,
+def calibrate(router: Router, trees: RolloutTrees, target_name: str, target: float, grid_points: int = 21,
               refine_steps: int = 8, lambda_range: tuple[float, float] = (1e-4, 1.0)) -> tuple[Candidate, list[Candidate]]:
     """The operating point of ``router`` spending the most without exceeding ``target`` on ``trees``.
 
-    :param router: the exported router (for POMDP: its fitted model is solved at each λ).
-    :param kind: ``threshold`` or ``pomdp``.
+    :param router: the exported router (:meth:`~agents.base.Router.at_operating_point` at each candidate;
+        for POMDP its fitted model is solved at each λ).
     :param trees: the calibration split.
     :param target_name: ``normalized_cost`` (c(π) in [0, 1]) or ``strong_tokens_per_query``.
     :param target: the budget.
     :param grid_points: candidate points before refinement.
     :param refine_steps: bisection steps between the grid neighbours around the target.
-    :param lambda_range: smallest and largest positive λ of the POMDP grid (λ = 0 is added).
+    :param lambda_range: smallest and largest positive λ of the grid (λ = 0 is added), clipped to the
+        range the router accepts (a λ-conditioned actor's training range, without λ = 0).
     :returns: (the chosen candidate, every candidate evaluated, in evaluation order).
     """
-    if kind not in PARAMETERS:
-        raise ValueError(f"router kind {kind!r} has no operating point to calibrate; kinds with one: {sorted(PARAMETERS)}")
+    parameter = router.operating_point_parameter()
+    if parameter is None:
+        raise ValueError(f"router kind {router.kind!r} has no operating point to calibrate (trained for one setting)")
     if target_name not in TARGETS:
         raise ValueError(f"target {target_name!r}; choose one of {TARGETS}")
     if not np.isfinite(target) or target < 0:
@@ -87,15 +76,18 @@ def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, 
     evaluated: list[Candidate] = []
 
     def measure(value: float) -> Candidate:
-        candidate = Candidate(float(value), summarize(run_episodes(trees, router_at(router, kind, value)), anchors))
+        candidate = Candidate(float(value), summarize(run_episodes(trees, router.at_operating_point(float(value))), anchors))
         evaluated.append(candidate)
         return candidate
 
     # Order the grid from cheapest to dearest: k grows, λ falls.
-    if kind == "threshold":
+    bounds = router.operating_point_range()
+    if parameter == "threshold":
         grid = np.linspace(0.0, 1.0, grid_points)
-    else:
+    elif bounds is None:
         grid = np.concatenate([np.geomspace(lambda_range[1], lambda_range[0], grid_points - 1), [0.0]])
+    else:
+        grid = np.geomspace(min(lambda_range[1], bounds[1]), max(lambda_range[0], bounds[0]), grid_points)
     def within(candidate: Candidate) -> bool:
         return bool(candidate.figures[target_name] <= target)
 
@@ -103,13 +95,13 @@ def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, 
     affordable = [index for index, candidate in enumerate(candidates) if within(candidate)]
     if not affordable:
         raise ValueError(f"no operating point meets target.{target_name} = {target}: the cheapest "
-                         f"({PARAMETERS[kind]} = {candidates[0].value:g}) costs {candidates[0].figures[target_name]:.4g}")
+                         f"({parameter} = {candidates[0].value:g}) costs {candidates[0].figures[target_name]:.4g}")
     best_index = max(affordable, key=lambda index: (candidates[index].figures[target_name], candidates[index].figures["accuracy"]))
     best = candidates[best_index]
     if best_index + 1 < len(candidates):  # the target lies between best and the next, dearer point
         low, high = best.value, candidates[best_index + 1].value
         for _ in range(refine_steps):
-            middle = 0.5 * (low + high) if kind == "threshold" or low == 0 or high == 0 else float(np.sqrt(low * high))
+            middle = 0.5 * (low + high) if parameter == "threshold" or low == 0 or high == 0 else float(np.sqrt(low * high))
             candidate = measure(middle)
             if within(candidate):
                 if (candidate.figures[target_name], candidate.figures["accuracy"]) > (best.figures[target_name], best.figures["accuracy"]):
@@ -120,9 +112,9 @@ def calibrate(router: Router, kind: str, trees: RolloutTrees, target_name: str, 
     return best, evaluated
 
 
-def format_point(kind: str, candidate: Candidate) -> str:
+def format_point(parameter: str, candidate: Candidate) -> str:
     figures = candidate.figures
-    return (f"{PARAMETERS[kind]} = {candidate.value:.6g}: expected accuracy {figures['accuracy']:.4f}, "
+    return (f"{parameter} = {candidate.value:.6g}: expected accuracy {figures['accuracy']:.4f}, "
             f"strong tokens/query {figures['strong_tokens_per_query']:.1f}, c(pi) {figures['normalized_cost']:.4f}, "
             f"PGR {figures['pgr']:.4f}, escalations/query {figures['escalations_per_query']:.2f}")
 
@@ -138,14 +130,16 @@ def run(cfg: DictConfig) -> Path:
     ((target_name, target),) = targets.items()
     router = load_served_router(config["router"])
     kind = str(router.config.get("kind"))
-    if kind not in PARAMETERS:
-        raise ValueError(f"router = {config['router']}: kind {kind!r} has no operating point (kinds with one: {sorted(PARAMETERS)})")
+    parameter = router.operating_point_parameter()
+    if parameter is None:
+        raise ValueError(f"router = {config['router']}: kind {kind!r} has no operating point (trained for one setting); "
+                         "calibrate a TRIM-Thr, TRIM-POMDP or λ-conditioned router")
     data = config["data"]
     trees = load_trees(path=data["path"], split=data["split"], preset=data["preset"], seed=data["seed"],
                        n_queries=data["n_queries"], grow=data["grow"], persist=data["persist_growth"],
                        source=growth_source(data["path"], data["backends"]))
     check_not_trained_on(config["router"], trees.query_id, bool(config["allow_training_queries"]))
-    best, evaluated = calibrate(router, kind, trees, target_name, float(target), int(config["grid_points"]),
+    best, evaluated = calibrate(router, trees, target_name, float(target), int(config["grid_points"]),
                                 int(config["refine_steps"]), tuple(config["lambda_range"]))
     trees.flush()
     anchors = reference(trees)
@@ -153,7 +147,7 @@ def run(cfg: DictConfig) -> Path:
           f"({data['path'] or data['preset'] or 'default data'}, split {data['split']}); {len(evaluated)} points evaluated")
     print(f"weak-only accuracy {anchors.weak_accuracy:.4f}, strong-only accuracy {anchors.strong_accuracy:.4f} "
           f"at {anchors.strong_tokens_per_query:.1f} strong tokens/query")
-    print(format_point(kind, best))
+    print(format_point(parameter, best))
     details = {
         "router": str(Path(config["router"]).resolve()),
         "target": {target_name: float(target)},
@@ -162,6 +156,6 @@ def run(cfg: DictConfig) -> Path:
         "anchors": {"weak_accuracy": anchors.weak_accuracy, "strong_accuracy": anchors.strong_accuracy,
                     "strong_tokens_per_query": anchors.strong_tokens_per_query},
     }
-    path = write_operating_point(config["out"], kind, OperatingPoint(PARAMETERS[kind], best.value), details)
+    path = write_operating_point(config["out"], kind, OperatingPoint(parameter, best.value), details)
     print(f"wrote {path.resolve()}")
     return path

@@ -1,11 +1,14 @@
 """Served routers and their operating points: the router a request runs, at the threshold or λ it asks for.
 
-An *operating point* moves a router along its cost/accuracy curve without retraining:
+An *operating point* moves a router along its cost/accuracy curve without retraining (the
+router's own :meth:`~agents.base.Router.set_operating_point`):
 
 - TRIM-Thr (kind ``threshold``): the PRM-score threshold k (regenerate when the proposal scores below k);
 - TRIM-POMDP (kind ``pomdp``): the cost weight λ; the fitted model is solved again for it (once
   per λ, in a worker thread, then kept);
-- learned actors (kind ``actor``) were trained for one λ and have no operating point.
+- a λ-conditioned actor (``policy=agg_conditioned``): the cost weight λ within the range it was
+  trained for, read by the policy as an input;
+- actors trained for one λ have no operating point.
 
 ``trim-calibrate`` writes an operating-point file (JSON, :func:`write_operating_point`) that the
 server and the controller take as a router's default; a request may still ask for another.
@@ -29,9 +32,9 @@ from agents.threshold import ThresholdRouter
 
 OPERATING_POINT_FORMAT = "trim-operating-point"
 OPERATING_POINT_VERSION = 1
-#: The operating-point parameter of each router kind that has one.
-PARAMETERS = {"threshold": "threshold", "pomdp": "lambda"}
-#: Solved POMDP policies kept per router (one per λ asked for).
+#: The operating-point parameters a router may have (:meth:`agents.base.Router.operating_point_parameter`).
+PARAMETERS = ("threshold", "lambda")
+#: Routers kept per served router at operating points asked for (a POMDP's solve takes seconds).
 MAX_SOLVED_POLICIES = 16
 
 
@@ -52,8 +55,8 @@ class OperatingPoint:
     value: float
 
     def __post_init__(self) -> None:
-        if self.parameter not in PARAMETERS.values():
-            raise ValueError(f"operating-point parameter {self.parameter!r}; known: {sorted(PARAMETERS.values())}")
+        if self.parameter not in PARAMETERS:
+            raise ValueError(f"operating-point parameter {self.parameter!r}; known: {sorted(PARAMETERS)}")
         if not math.isfinite(self.value) or self.value < 0:
             raise ValueError(f"{self.parameter} = {self.value} must be a finite number >= 0")
 
@@ -62,7 +65,7 @@ def write_operating_point(path: str | Path, router_kind: str, point: OperatingPo
     """Write an operating-point file for a router of kind ``router_kind``.
 
     :param path: the JSON file to write.
-    :param router_kind: the kind of router it is for (``threshold`` or ``pomdp``).
+    :param router_kind: the kind of router it is for (``threshold``, ``pomdp``, ``actor``).
     :param point: the chosen parameter and value.
     :param details: what it was chosen for and what to expect there (target, data, accuracy, cost).
     """
@@ -74,8 +77,8 @@ def write_operating_point(path: str | Path, router_kind: str, point: OperatingPo
     return path
 
 
-def read_operating_point(path: str | Path, router_kind: str) -> OperatingPoint:
-    """Read an operating-point file and check that it is for a router of kind ``router_kind``."""
+def read_operating_point(path: str | Path, router_kind: str, parameter: str) -> OperatingPoint:
+    """Read an operating-point file and check that it is for a router of kind ``router_kind`` with ``parameter``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"operating point {path}: file not found (trim-calibrate writes one)")
@@ -88,7 +91,6 @@ def read_operating_point(path: str | Path, router_kind: str) -> OperatingPoint:
                          f"expected {OPERATING_POINT_FORMAT!r} (a file written by trim-calibrate)")
     if record.get("router_kind") != router_kind:
         raise ValueError(f"{path}: field router_kind = {record.get('router_kind')!r}, but the router is of kind {router_kind!r}")
-    parameter = PARAMETERS[router_kind]
     if not isinstance(record.get(parameter), (int, float)):
         raise ValueError(f"{path}: field {parameter} = {record.get(parameter)!r} is not a number")
     return OperatingPoint(parameter, float(record[parameter]))
@@ -118,30 +120,35 @@ class ServedRouter:
         """Load the router in ``path``, with the operating-point file ``operating_point`` as its default."""
         router = load_served_router(path)
         kind = str(getattr(router, "config", {}).get("kind"))
-        if operating_point is not None and kind not in PARAMETERS:
-            raise ValueError(f"routers.{name}.operating_point = {operating_point}: the router in {path} is of kind {kind!r}, "
-                             f"which has no operating point (kinds with one: {sorted(PARAMETERS)})")
-        default = read_operating_point(operating_point, kind) if operating_point is not None else None
+        parameter = router.operating_point_parameter()
+        if operating_point is not None and parameter is None:
+            raise ValueError(f"routers.{name}.operating_point = {operating_point}: the router in {path} (kind {kind!r}) "
+                             "has no operating point (trained for one setting)")
+        default = read_operating_point(operating_point, kind, parameter) if operating_point is not None else None  # type: ignore[arg-type]
         return cls(name, router, default)
 
     @property
     def parameter(self) -> str | None:
         """The name of this router's operating-point parameter (``None``: it has none)."""
-        return PARAMETERS.get(self.kind)
+        return self.router.operating_point_parameter()
 
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models`` says about the router."""
-        exported = self.config.get("threshold") if self.kind == "threshold" else self.config.get("lambda")
+        exported = self.config.get("threshold") if self.parameter == "threshold" else self.config.get("lambda")
         return {"kind": self.kind, "policy": self.config.get("policy"), "operating_point_parameter": self.parameter,
                 "exported_value": exported, "default_value": None if self.default is None else self.default.value}
 
     def check(self, point: OperatingPoint) -> None:
         """Refuse an operating point this router's kind does not have."""
         if self.parameter is None:
-            raise ValueError(f"router {self.name!r} (kind {self.kind!r}) has no operating point; "
-                             f"{point.parameter} applies to kinds {sorted(PARAMETERS)}")
+            raise ValueError(f"router {self.name!r} (kind {self.kind!r}) has no operating point (trained for one setting); "
+                             f"it cannot take {point.parameter}")
         if point.parameter != self.parameter:
             raise ValueError(f"router {self.name!r} (kind {self.kind!r}) takes {self.parameter}, not {point.parameter}")
+        bounds = self.router.operating_point_range()
+        if bounds is not None and not bounds[0] <= point.value <= bounds[1]:
+            raise ValueError(f"router {self.name!r}: {point.parameter} = {point.value:g} is outside the range "
+                             f"[{bounds[0]:g}, {bounds[1]:g}] it was trained for")
 
     async def at(self, point: OperatingPoint | None) -> tuple[Router, OperatingPoint | None]:
         """The router at ``point`` (``None``: the default one); (router, the point it runs at).
@@ -152,32 +159,20 @@ class ServedRouter:
         if point is None:
             return self.router, None
         self.check(point)
-        if self.kind == "threshold":
-            return ThresholdRouter(point.value), point
-        return await self._pomdp_at(point.value), point
+        return await self._at(point.value), point
 
-    async def _pomdp_at(self, lam: float) -> Router:
-        if math.isclose(lam, float(self.router.policy.lam), rel_tol=1e-12, abs_tol=0.0):  # type: ignore[attr-defined]
-            return self.router
-        if lam in self._solved:
-            self._solved.move_to_end(lam)
-            return self._solved[lam]
-        if lam not in self._solving:  # concurrent requests for the same λ wait for one solve
-            self._solving[lam] = asyncio.ensure_future(asyncio.to_thread(self._solve, lam))
+    async def _at(self, value: float) -> Router:
+        if value in self._solved:
+            self._solved.move_to_end(value)
+            return self._solved[value]
+        if value not in self._solving:  # concurrent requests for the same point wait for one solve
+            self._solving[value] = asyncio.ensure_future(asyncio.to_thread(self.router.at_operating_point, value))
         try:
-            router = await asyncio.shield(self._solving[lam])
+            router = await asyncio.shield(self._solving[value])
         finally:
-            if self._solving.get(lam) is not None and self._solving[lam].done():
-                self._solving.pop(lam, None)
-        self._solved[lam] = router
+            if self._solving.get(value) is not None and self._solving[value].done():
+                self._solving.pop(value, None)
+        self._solved[value] = router
         while len(self._solved) > MAX_SOLVED_POLICIES:
             self._solved.popitem(last=False)
         return router
-
-    def _solve(self, lam: float) -> Router:
-        from agents.pomdp.router import solve_router  # noqa: PLC0415  (the POMDP package only when a POMDP router is served)
-
-        exported = self.router
-        policy = exported.policy  # type: ignore[attr-defined]
-        return solve_router(exported.model, lam, policy.cost_unit_tokens, exported.belief_filter,  # type: ignore[attr-defined]
-                            int(policy.continue_value.shape[-1]), policy.max_strong_steps)
