@@ -80,8 +80,8 @@ def history(run: Path) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize(
     ("policy", "persist_growth"),
-    [("agg", True), ("seq", False)],
-    ids=["agg-growth-persisted", "seq-growth-grown-again"],
+    [("agg", True), ("seq", False), ("agg_conditioned", True)],
+    ids=["agg-growth-persisted", "seq-growth-grown-again", "agg-conditioned"],
 )
 def test_a_killed_run_resumed_gives_the_uninterrupted_runs_router(policy, persist_growth, growing_dataset, tmp_path, monkeypatch):
     """With persisted growth the resumed process loads the killed one's shards; without, it grows the envs' nodes again."""
