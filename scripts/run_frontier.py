@@ -4,7 +4,8 @@ Runs, each in its own run dir under ``out/runs``: the TRIM-Thr threshold sweep
 (``scripts/evaluate.py``), all baselines and the hindsight oracle (``scripts/baselines.py``), and
 for each learned policy a Hydra multirun of ``train.py`` over the policy's λ grid
 (``sweep_lambdas`` in ``conf/policy/<name>.yaml``) and the seeds, jobs in parallel on the local
-cores. A grid is then extended to smaller λ (the next value is half the smallest) until the
+cores; a λ-conditioned policy (``lambda_range`` set, e.g. ``agg_conditioned``) is one run per
+seed. A grid is then extended to smaller λ (the next value is half the smallest) until the
 policy's own points reach PGR ≥ 0.95 (mean over seeds at one λ) or stop improving (less than
 0.01 PGR gained by the last extension). Finally
 ``scripts/frontier.py`` writes the report with the real TRIM-Thr frontier drawn beside the
@@ -103,6 +104,13 @@ def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path
     print(f"== {policy}: PGR {best:.3f} after {MAX_EXTENSIONS} extensions", flush=True)
 
 
+def train_conditioned(policy: str, seeds: list[str], runs: Path, data: list[str], times: dict[str, float]) -> None:
+    """A λ-conditioned policy: one run per seed gives its whole curve (a test point per λ of its grid)."""
+    sweep_dir = runs / f"{policy}-seeds"
+    stage(f"{policy} seeds", [sys.executable, "train.py", "-m", f"policy={policy}", f"seed={','.join(seeds)}", "progress_bar=false",
+                              f"hydra.sweep.dir={sweep_dir}", *data], times)
+
+
 def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
     """``(policies, seeds)`` of the config, refusing what the stages would fail on late (before any stage runs)."""
     if OmegaConf.is_missing(cfg, "out"):
@@ -136,7 +144,10 @@ def _app(cfg: DictConfig) -> None:
         config = compose("config", [f"policy={policy}"]).policy  # with the settings dataclass's defaults
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
         policy_seeds = seeds if config.get("total_timesteps") is not None else seeds[:1]
-        sweep_policy(policy, [float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
+        if config.get("lambda_range") is not None:
+            train_conditioned(policy, policy_seeds, runs, data, times)
+        else:
+            sweep_policy(policy, [float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
     stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", "real_reference=packaged"], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")

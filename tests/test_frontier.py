@@ -478,3 +478,13 @@ def test_run_frontier_runs_every_stage_and_records_their_wall_times(tiny_dataset
     seeds = {json.loads(p.read_text())["points"][-1]["seed"] for p in (study / "runs" / "pomdp-grid").rglob("results.json")}
     assert seeds == {0}  # solved, not trained: the first seed only
     assert "| pomdp |" in (study / "frontier.md").read_text()
+
+
+def test_run_frontier_trains_a_conditioned_policy_once_per_seed(tmp_path, monkeypatch):
+    module = _run_frontier_module()
+    commands: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(module, "stage", lambda name, command, times: commands.append((name, command)))
+    module.train_conditioned("agg_conditioned", ["0", "1"], tmp_path, [], {})
+    ((name, command),) = commands
+    assert name == "agg_conditioned seeds" and "seed=0,1" in command and "policy=agg_conditioned" in command
+    assert not any(argument.startswith("lambda=") for argument in command)  # its λ grid is its test points, not a sweep
