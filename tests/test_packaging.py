@@ -99,8 +99,8 @@ def test_a_plain_install_works_from_an_unrelated_directory(tmp_path: Path) -> No
     assert sorted(p.name for p in elsewhere.iterdir()) == []
 
 
-#: Packages of the optional extras (real, serve, serve-llama); a plain `pip install .` has none of them.
-OPTIONAL_PACKAGES = ("httpx", "fastapi", "uvicorn", "prometheus_client", "openai", "llama_cpp", "math_verify", "gguf", "accelerate")
+#: Packages of the optional extras (real, serve, serve-llama, tensorboard); a plain `pip install .` has none of them.
+OPTIONAL_PACKAGES = ("httpx", "fastapi", "uvicorn", "prometheus_client", "openai", "llama_cpp", "math_verify", "gguf", "accelerate", "tensorboard")
 
 
 @pytest.mark.parametrize("module", ["agents.cli.train", "agents.cli.evaluate"])
