@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import compose_config, overrides, train_in_process  # the tiny-run helpers of train.py's tests
+from test_train import compose_config, train_in_process  # the tiny-run helpers of train.py's tests
 
 from agents.actor import ActorRouter, ActorSettings
 from agents.export import load_router
@@ -179,8 +179,11 @@ def test_frontier_reads_a_conditioned_runs_whole_curve(conditioned_run: Path, tm
 
 
 def test_conditioned_policy_composes_from_the_registry():
-    cfg = compose_config(*overrides("agg_conditioned", Path("unused")))
+    cfg = compose_config("policy=agg_conditioned")
     assert list(cfg.policy.lambda_range) == [0.0005, 0.03] and cfg.policy.router == "agents.actor:ActorRouter"
+    assert (cfg.ppo.n_epochs, cfg.ppo.batch_size) == (10, 1024)  # its own ppo option (conf/ppo/conditioned.yaml)
+    assert compose_config("policy=agg_conditioned", "ppo.n_epochs=3").ppo.n_epochs == 3  # still overridable
+    assert compose_config("policy=agg").ppo.n_epochs == 5
 
 
 def test_evaluate_takes_an_exported_router_to_several_operating_points(conditioned_run: Path, tiny_dataset_dir: Path, tmp_path: Path):
