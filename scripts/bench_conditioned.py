@@ -69,10 +69,10 @@ def main() -> None:
     for seed in args.seeds:
         print(f"seed {seed}: per-λ TRIM-Agg at λ = {lambdas}, then one λ-conditioned run", flush=True)
         for lam in lambdas:
-            run = out / f"agg_lambda={lam}_seed={seed}"
+            run = out / f"agg_lambda{lam}_seed{seed}"
             per_lambda_walls.append(train(run, "policy=agg", f"lambda={lam}", f"seed={seed}")["train_wall_time_s"])
             per_lambda_runs.append(run)
-        run = out / f"agg_conditioned_seed={seed}"
+        run = out / f"agg_conditioned_seed{seed}"
         conditioned_walls.append(train(run, "policy=agg_conditioned", f"seed={seed}",
                                        f"policy.sweep_lambdas=[{','.join(map(str, lambdas))}]")["train_wall_time_s"])
         conditioned_runs.append(run)

@@ -611,6 +611,17 @@ def llama_server(tmp_path_factory):
 
     try:
         wait_until(ready, "llama_cpp.server answers /v1/models")
+        # One decoded token before any test: a llama.cpp compiled for instructions this machine traps
+        # (AMX under some hypervisors) loads the model, then dies at its first decode.
+        try:
+            httpx.post(base_url + "/completions", json={"model": "smollm2", "prompt": "1+1=", "max_tokens": 1}, timeout=PATIENCE_S)
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(
+                f"llama_cpp.server died at its first decode (exit {process.returncode}); a llama.cpp built with -march=native "
+                "can use instructions this machine traps: reinstall with CMAKE_ARGS=-DGGML_NATIVE=OFF "
+                f"(README, set-up). Log: {log.read_text()[-1500:]}")
         yield base_url
     finally:
         process.terminate()
