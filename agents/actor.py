@@ -94,6 +94,13 @@ class PPOSettings:
         return self
 
 
+#: The ``ppo`` options besides ``default``, by name (stored in Hydra's ConfigStore beside it). A
+#: λ-conditioned policy (``ppo: conditioned``) learns every λ's trade-off from the same rollouts, so
+#: it reuses each rollout more (10 epochs) over larger minibatches (1,024), which keeps an update's
+#: cost near the default's (measured: scripts/bench_conditioned.py, README).
+PPO_OPTIONS: dict[str, PPOSettings] = {"conditioned": PPOSettings(n_epochs=10, batch_size=1024)}
+
+
 @dataclass
 class SeqSettings:
     """The TRIM-Seq transformer (:class:`agents.networks.SeqEncoder`; ``observation: seq`` only).

@@ -181,7 +181,7 @@ def test_frontier_reads_a_conditioned_runs_whole_curve(conditioned_run: Path, tm
 def test_conditioned_policy_composes_from_the_registry():
     cfg = compose_config("policy=agg_conditioned")
     assert list(cfg.policy.lambda_range) == [0.0005, 0.03] and cfg.policy.router == "agents.actor:ActorRouter"
-    assert (cfg.ppo.n_epochs, cfg.ppo.batch_size) == (10, 1024)  # its own ppo option (conf/ppo/conditioned.yaml)
+    assert (cfg.ppo.n_epochs, cfg.ppo.batch_size) == (10, 1024)  # its own ppo option (agents.actor.PPO_OPTIONS)
     assert compose_config("policy=agg_conditioned", "ppo.n_epochs=3").ppo.n_epochs == 3  # still overridable
     assert compose_config("policy=agg").ppo.n_epochs == 5
 

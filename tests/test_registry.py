@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.actor import PPOSettings
+from agents.actor import PPO_OPTIONS, PPOSettings
 from agents.base import Router
 from agents.cli.common import compose
 from agents.cli.evaluate import evaluate
@@ -79,6 +79,8 @@ def test_the_settings_dataclasses_are_the_only_home_of_the_defaults():
     """A policy YAML sets only what differs from its dataclass; the ppo group has no YAML at all."""
     assert not list((ROOT / "conf" / "ppo").glob("*.yaml"))
     assert dict(compose("config", []).ppo) == dataclasses.asdict(PPOSettings())
+    for name, settings in PPO_OPTIONS.items():  # the other ppo options are dataclass instances too
+        assert dict(compose("config", [f"ppo={name}"]).ppo) == dataclasses.asdict(settings)
     for path in POLICY_DIR.glob("*.yaml"):
         content = yaml.safe_load(path.read_text())
         defaults = dataclasses.asdict(registry().policy(path.stem).Settings())

@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents.actor import PPOSettings
+from agents.actor import PPO_OPTIONS, PPOSettings
 from agents.base import Router
 from agents.cli import config_dir
 from agents.export import write_training_queries
@@ -37,6 +37,8 @@ def register_schemas() -> None:
     """Store the settings dataclasses in Hydra's ConfigStore (idempotent)."""
     store = ConfigStore.instance()
     store.store(group="ppo", name="default", node=PPOSettings)
+    for name, settings in PPO_OPTIONS.items():
+        store.store(group="ppo", name=name, node=settings)
     for name, settings in registry().schemas().items():
         store.store(group="schema/policy", name=name, node=settings)
 
