@@ -143,9 +143,11 @@ def test_one_event_costs_add_up_to_the_path(name: str) -> None:
     assert events[0] > continue_at_root or name == "strong_tokens"
 
 
-def test_a_child_of_the_wrong_kind_is_refused() -> None:
+def test_a_child_of_the_wrong_kind_or_a_missing_child_is_refused() -> None:
     with pytest.raises(ValueError, match="children\\[0\\] = 1 is not the strong child of node 0"):
         step_cost(PRICE, hand_tree(), np.array([0]), np.array([1]), np.array([True]))
+    with pytest.raises(ValueError, match="children\\[1\\] = -1 is not the weak child of node 3"):
+        step_cost(PRICE, hand_tree(), np.array([0, 3]), np.array([1, -1]), np.array([False, False]))
 
 
 def strong_only_paths(trees: RolloutTrees) -> list[list[int]]:
@@ -243,6 +245,8 @@ def test_a_bad_config_value_is_refused_naming_the_key() -> None:
         cost_model_from_dict({"name": "flops", "weak_params": 1.0})
     with pytest.raises(CostModelError, match="cost.name = 'dollars'"):
         cost_model_from_dict({"name": "dollars"})
+    with pytest.raises(CostModelError, match="cost.name = 'flops' must be 'price' for PriceCost"):
+        settings_of(compose("evaluate", ["+cost=price", "cost.name=flops"]).cost)
 
 
 def test_the_reference_presets_are_the_documented_figures() -> None:

@@ -111,6 +111,8 @@ class CostModel(ABC):
     natural_unit: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        own_name = next(f.default for f in dataclasses.fields(self) if f.name == "name")
+        _check("name", self.name, f"{own_name!r} for {type(self).__name__} (choose another model with cost=...)", self.name == own_name)
         self.validate()
 
     def validate(self) -> None:
@@ -352,7 +354,7 @@ def step_cost(model: CostModel, trees: RolloutTrees, nodes: np.ndarray, children
     if not nodes.shape == children.shape == regenerated.shape:
         raise ValueError(f"nodes {nodes.shape}, children {children.shape} and regenerated {regenerated.shape} must have one shape")
     expected = np.where(regenerated, trees.strong_child[nodes], trees.weak_child[nodes])
-    wrong = expected != children
+    wrong = (expected != children) | (children < 0)
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
         kind = "strong" if regenerated[i] else "weak"
