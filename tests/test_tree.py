@@ -255,6 +255,11 @@ def test_subset_keeps_prompt_tokens_of_the_chosen_queries(tiny_trees: RolloutTre
     assert part.prefix_tokens([leaf]).tolist() == tiny_trees.prefix_tokens([original]).tolist()
 
 
+def test_the_dataset_card_explains_prompt_tokens(tiny_dataset_dir: Path) -> None:
+    card = (tiny_dataset_dir / "README.md").read_text()
+    assert "`prompt_tokens`" in card and "RolloutTrees.prefix_tokens" in card
+
+
 def without_prompt_tokens(trees: RolloutTrees) -> RolloutTrees:
     """``trees`` as a dataset of schema version 2 holds them: no prompt tokens."""
     return dataclasses.replace(trees, prompt_tokens=None)
