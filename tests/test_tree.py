@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_MAX_STRONG_STEPS
 
+from trim_env.data import open_split
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import (
     MANIFEST,
@@ -24,8 +26,10 @@ from trim_env.tree import (
     content_digest,
     load_split,
     path_minimum,
+    path_sum,
     read_manifest,
     save_dataset,
+    trees_from_tables,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +234,88 @@ def test_path_minimum_is_the_running_minimum_along_each_path(tiny_trees: Rollout
     for node in np.flatnonzero(tiny_trees.terminal)[:50]:
         path = tiny_trees.path(int(node))
         assert tiny_trees.path_min_prm[node] == pytest.approx(tiny_trees.step_prm[path].min())
+
+
+def test_prefix_tokens_are_the_prompt_plus_the_steps_of_the_path(tiny_trees: RolloutTrees) -> None:
+    assert tiny_trees.prompt_tokens is not None and (tiny_trees.prompt_tokens > 0).all()
+    nodes = np.concatenate([tiny_trees.root, np.flatnonzero(tiny_trees.terminal)[:40], np.arange(1, 40)])
+    expected = [int(tiny_trees.prompt_tokens[tiny_trees.query[node]]) + sum(int(tiny_trees.step_tokens[n]) for n in tiny_trees.path(int(node)))
+                for node in nodes]
+    assert tiny_trees.prefix_tokens(nodes).tolist() == expected
+    assert tiny_trees.prefix_tokens(tiny_trees.root).tolist() == tiny_trees.prompt_tokens.tolist()
+
+
+def test_subset_keeps_prompt_tokens_of_the_chosen_queries(tiny_trees: RolloutTrees) -> None:
+    chosen = np.array([5, 1, 8])
+    part = tiny_trees.subset(chosen)
+    assert tiny_trees.prompt_tokens is not None and part.prompt_tokens is not None
+    np.testing.assert_array_equal(part.prompt_tokens, tiny_trees.prompt_tokens[chosen])
+    leaf = int(np.flatnonzero(part.terminal)[0])
+    original = int(np.flatnonzero(np.isin(tiny_trees.query, chosen))[leaf])
+    assert part.prefix_tokens([leaf]).tolist() == tiny_trees.prefix_tokens([original]).tolist()
+
+
+def test_the_dataset_card_explains_prompt_tokens(tiny_dataset_dir: Path) -> None:
+    card = (tiny_dataset_dir / "README.md").read_text()
+    assert "`prompt_tokens`" in card and "RolloutTrees.prefix_tokens" in card
+
+
+def without_prompt_tokens(trees: RolloutTrees) -> RolloutTrees:
+    """``trees`` as a dataset of schema version 2 holds them: no prompt tokens."""
+    return dataclasses.replace(trees, prompt_tokens=None)
+
+
+def test_trees_without_prompt_tokens_are_saved_and_loaded_as_schema_2_with_one_note(
+    tiny_trees: RolloutTrees, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = without_prompt_tokens(tiny_trees)
+    directory = tmp_path / "v2"
+    manifest = save_dataset(directory, {"train": old.subset(np.arange(4)), "test": old}, {"kind": "simulator"}, 2, None)
+    assert manifest["schema_version"] == 2
+    assert "prompt_tokens" not in pq.read_schema(directory / "test" / "queries.parquet").names
+    with caplog.at_level("WARNING", logger="trim_env.tree"):
+        loaded = load_split(directory, "test")
+        load_split(directory, "train")
+    assert loaded.prompt_tokens is None
+    assert content_digest(loaded) == content_digest(old)
+    notes = [record.getMessage() for record in caplog.records if "prompt_tokens" in record.getMessage()]
+    assert len(notes) == 1, notes  # once per dataset, not once per split
+    assert str(directory) in notes[0] and "cost=strong_tokens" in notes[0]
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        loaded.prefix_tokens(loaded.root)
+
+
+def test_save_refuses_splits_of_which_only_some_carry_prompt_tokens(tiny_trees: RolloutTrees, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\['test'\] carry prompt_tokens and \['train'\] do not"):
+        save_dataset(tmp_path / "mixed", {"train": without_prompt_tokens(tiny_trees), "test": tiny_trees}, {"kind": "simulator"}, 2, None)
+
+
+def test_a_schema_3_dataset_without_the_prompt_tokens_column_is_refused(tiny_trees: RolloutTrees, tmp_path: Path) -> None:
+    directory = tmp_path / "bad"
+    save_dataset(directory, {"test": without_prompt_tokens(tiny_trees)}, {"kind": "simulator"}, 2, None)
+    edit_manifest(directory, lambda m: m.update(schema_version=3))
+    with pytest.raises(TreeFormatError, match="missing column 'prompt_tokens'"):
+        load_split(directory, "test", verify_hash=False)
+
+
+def test_tables_without_prompt_tokens_build_trees_without_them(tiny_dataset_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    queries = pq.read_table(tiny_dataset_dir / "test" / "queries.parquet").drop_columns(["prompt_tokens"])
+    nodes = pq.read_table(tiny_dataset_dir / "test" / "nodes.parquet")
+    with caplog.at_level("WARNING", logger="trim_env.tree"):
+        trees = trees_from_tables(nodes, queries, "nodes table", "queries table of an old dataset")
+    assert trees.prompt_tokens is None
+    assert any("queries table of an old dataset" in record.getMessage() for record in caplog.records)
+
+
+def test_grown_nodes_carry_the_tokens_of_their_path(tiny_dataset_dir: Path, tiny_trees: RolloutTrees) -> None:
+    store = open_split(tiny_dataset_dir, "test", persist=False)
+    capped = np.flatnonzero((store.strong_steps == TINY_MAX_STRONG_STEPS) & ~store.terminal)[:30]
+    store.grow_strong(capped)
+    store.grow_weak(store.strong_child[capped])
+    assert store.num_nodes > tiny_trees.num_nodes
+    np.testing.assert_array_equal(store.path_tokens, path_sum(store.parent, store.step_tokens, store.depth))
+    new = np.arange(tiny_trees.num_nodes, store.num_nodes)
+    np.testing.assert_array_equal(store.prefix_tokens(new), store.snapshot().prefix_tokens(new))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,6 +546,8 @@ CONTENT_ERRORS = {
     "duplicate_query_id": ("queries.parquet", "query_id", lambda t: QUERY + 1, lambda t, row: t.query_id[QUERY], None, "used twice"),
     "negative_weak_only_tokens": ("queries.parquet", "weak_only_tokens", lambda t: QUERY, -5, None, "must be >= 0"),
     "negative_strong_only_tokens": ("queries.parquet", "strong_only_tokens", lambda t: QUERY, -1, None, "must be >= 0"),
+    "negative_prompt_tokens": ("queries.parquet", "prompt_tokens", lambda t: QUERY, -3, None, "must be >= 0"),
+    "null_prompt_tokens": ("queries.parquet", "prompt_tokens", lambda t: QUERY, None, None, "null"),
 }
 
 

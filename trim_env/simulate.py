@@ -8,7 +8,9 @@ step the solution ends with a hazard ``h(t)``; the final answer is right with a 
 depends on whether the prefix is still clean ("answers fail for reasons beyond step errors").
 PRM scores are logit-normal around a state-dependent mean, with a per-query offset so that scores
 inside one trajectory are correlated. Token counts are log-normal with a per-query scale; a strong
-rewrite's length follows the weak step it replaces.
+rewrite's length follows the weak step it replaces. A query's prompt length (``prompt_tokens``:
+chat template, system prompt and problem) is a fixed template length plus a log-normal problem
+length whose log-mean depends on the visible level, fitted to MATH-500 (:class:`SimulatorParams`).
 
 Randomness is keyed on the *path*: every node's draws come from a counter-based hash of
 ``(seed, query, actions so far)``. So the same node always gets the same step whichever way it
@@ -94,6 +96,16 @@ class SimulatorParams:
     #: Number of noisy per-query features (stand-ins for text) and the SD of their noise.
     n_features: int = 4
     feature_noise_sd: float = 1.0
+    #: Problem length in tokens is log-normal given the visible level: log-mean for levels 1-5 and
+    #: log-SD (pooled within levels). Fitted to the 500 MATH-500 problems shipped in
+    #: ``trim_env/data/problems/math500`` tokenised with the Qwen2/Qwen2.5 tokenizer (llama.cpp's
+    #: ``ggml-vocab-qwen2.gguf`` vocabulary): mean 70.9 tokens, median 50, range 8-791; the rule of
+    #: thumb characters / 4 undercounts these LaTeX-heavy problems by about 1.45x.
+    prompt_log_mean: tuple[float, ...] = (3.549, 3.687, 3.796, 4.057, 4.331)
+    prompt_log_sd: float = 0.666
+    #: Tokens of the prompt around the problem: Qwen2.5's ChatML template with the default system
+    #: prompt (:data:`trim_env.sources.base.DEFAULT_SYSTEM_PROMPT`) is 28 tokens.
+    prompt_template_tokens: int = 28
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SimulatorParams:
@@ -137,6 +149,11 @@ class SimulatorParams:
                 raise ValueError(f"simulator parameter {name} = {getattr(self, name)} must be positive")
         if len(self.level_proportions) != 5 or abs(sum(self.level_proportions) - 1) > 1e-6:
             raise ValueError(f"level_proportions = {self.level_proportions} must be 5 numbers summing to 1")
+        if len(self.prompt_log_mean) != 5:
+            raise ValueError(f"prompt_log_mean = {self.prompt_log_mean} must be 5 numbers (one log-mean per level 1-5)")
+        if self.prompt_log_sd < 0 or self.prompt_template_tokens < 0:
+            raise ValueError(f"simulator parameters prompt_log_sd = {self.prompt_log_sd} and prompt_template_tokens = "
+                             f"{self.prompt_template_tokens} must be >= 0")
 
     def hazard(self, model_is_strong: np.ndarray, step: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
         """P(the solution ends at ``step`` | it reached it), for weak or strong steps."""
@@ -222,6 +239,18 @@ def draw_queries(params: SimulatorParams, keys: np.ndarray) -> QueryLatents:
         level=level,
         features=features.reshape(len(keys), params.n_features),
     )
+
+
+#: Draw stream of a root key that prompt lengths come from: no other draw reads it, so adding prompt
+#: lengths left every other column of simulated data unchanged.
+_PROMPT_STREAM = 5
+
+
+def draw_prompt_tokens(params: SimulatorParams, keys: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Each query's prompt length in tokens (int64): template + a log-normal problem length given its level (1-5)."""
+    log_mean = np.asarray(params.prompt_log_mean, dtype=np.float64)[np.asarray(level, dtype=np.int64) - 1]
+    problem = np.maximum(1, np.rint(np.exp(log_mean + params.prompt_log_sd * _normal(keys, _PROMPT_STREAM))))
+    return (params.prompt_template_tokens + problem).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -409,6 +438,7 @@ class SimulatedTrees(GrowingTrees):
             strong_only_tokens=zeros(np.int32),
             strong_only_steps=zeros(np.int16),
             root_key=keys,
+            prompt_tokens=draw_prompt_tokens(params, keys, latents.level),
             node_budget=node_budget,
         )
         source = SimulatorSource(params)

@@ -62,6 +62,7 @@ _STORE_DTYPES: dict[str, Any] = {
     "key": np.uint64,
     **{name: dtype.to_pandas_dtype() for name, dtype in NODE_COLUMNS.items() if name != "step_text"},
     "path_min_prm": np.float32,
+    "path_tokens": np.int64,
 }
 
 
@@ -249,7 +250,7 @@ class GrowingTrees(RolloutTrees):
     ) -> None:
         for name in ("query_id", "root", "level", "features", "weak_only_correct", "weak_only_tokens", "weak_only_steps",
                      "strong_only_correct", "strong_only_tokens", "strong_only_steps", "strong_branch_cutoff", "problem",
-                     "answer", "root_key", "node_budget"):
+                     "answer", "root_key", "prompt_tokens", "node_budget"):
             setattr(self, name, getattr(base, name))
         self.source = source
         self.journal = journal
@@ -257,10 +258,9 @@ class GrowingTrees(RolloutTrees):
         self.frozen = frozen
         # Headroom for growth without an early reallocation of every column.
         self._nodes = _Growable(_STORE_DTYPES, capacity=base.num_nodes + base.num_nodes // 8 + 1024)
-        columns = {name: getattr(base, name) for name in _STORE_DTYPES if name not in ("key", "path_min_prm")}
+        columns = {name: getattr(base, name) for name in _STORE_DTYPES if name != "key"}  # path arrays: derived by base
         assert base.root_key is not None  # RolloutTrees derives it on construction
         columns["key"] = node_keys(base.root_key, base.root, base.parent, base.step_is_strong, base.depth)
-        columns["path_min_prm"] = base.path_min_prm
         self._nodes.append(columns)
         self._publish()
         self._text: list[str | None] | None = list(base.step_text) if base.step_text is not None else None
@@ -389,6 +389,7 @@ class GrowingTrees(RolloutTrees):
                 "correct": value("correct"),
                 "hidden_state": value("hidden_state"),
                 "path_min_prm": np.minimum(columns["path_min_prm"][parents], prm),
+                "path_tokens": columns["path_tokens"][parents] + np.asarray(value("step_tokens"), dtype=np.int64),
             }
         )
         self.generation += 1
@@ -514,6 +515,7 @@ class GrowingTrees(RolloutTrees):
             problem=self.problem,
             answer=self.answer,
             root_key=self.root_key,
+            prompt_tokens=self.prompt_tokens,
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )

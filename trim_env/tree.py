@@ -11,6 +11,10 @@ when known. A non-terminal node has up to two children:
 
 So at node ``n`` the router sees the proposal ``step_prm[weak_child[n]]`` and
 ``step_tokens[weak_child[n]]``; regenerating costs ``step_tokens[strong_child[n]]`` strong tokens.
+Each query records ``prompt_tokens``, the tokens of its prompt (chat template, system prompt and
+problem) before the first step, so the prefix a call reads at node ``n`` is
+:meth:`RolloutTrees.prefix_tokens` (prompt + the steps from the root to ``n``): what the cost
+models of :mod:`trim_env.cost` charge for prefill.
 A node whose incoming step ends the solution is **terminal** and records ``correct`` (0/1).
 Past the cap (no strong child) the environment plays weak steps to the end without asking.
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,9 +48,12 @@ import pyarrow.parquet as pq
 from trim_env.atomic import file_sha256, write_atomic, write_text
 from trim_env.keys import query_keys_from_ids
 
-SCHEMA_VERSION = 2
-#: Older schema versions this version still reads (v1 had no ``root_key``: derived from query ids).
-READABLE_SCHEMA_VERSIONS = (1, 2)
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+#: Older schema versions this version still reads (v1 had no ``root_key``: derived from query ids;
+#: v1 and v2 have no ``prompt_tokens``: :attr:`RolloutTrees.prompt_tokens` is then ``None``).
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 MAX_STEPS = 30
 MANIFEST = "manifest.json"
 
@@ -105,6 +113,7 @@ QUERY_SCHEMA: tuple[Column, ...] = (
     Column("strong_only_tokens", pa.int32()),
     Column("strong_only_steps", pa.int16()),
     Column("strong_branch_cutoff", pa.float32()),
+    Column("prompt_tokens", pa.int64()),
     Column("problem", pa.string(), TEXT),
     Column("answer", pa.string(), TEXT),
 )
@@ -112,6 +121,30 @@ NODE_COLUMNS: dict[str, pa.DataType] = {column.name: column.dtype for column in 
 QUERY_COLUMNS: dict[str, pa.DataType] = {column.name: column.dtype for column in QUERY_SCHEMA}
 #: Query columns schema version 1 did not have.
 ADDED_IN_SCHEMA_2 = ("root_key",)
+#: Query columns schema versions 1 and 2 did not have.
+ADDED_IN_SCHEMA_3 = ("prompt_tokens",)
+
+
+def query_schema(version: int) -> tuple[Column, ...]:
+    """The query columns a dataset of schema ``version`` stores."""
+    absent = (ADDED_IN_SCHEMA_2 if version < 2 else ()) + (ADDED_IN_SCHEMA_3 if version < 3 else ())
+    return tuple(column for column in QUERY_SCHEMA if column.name not in absent)
+
+
+#: Said once per dataset whose trees carry no prompt tokens (:func:`note_missing_prompt_tokens`).
+MISSING_PROMPT_TOKENS_NOTE = (
+    "{where}: no prompt_tokens column (tree schema version < 3): only the cost model cost=strong_tokens (and "
+    "cost models that charge nothing for prefill) can cost these trees; price, flops and latency need the prompt "
+    "length of each query. Re-create or re-collect the dataset with this version of trim to record it."
+)
+_noted_missing_prompt_tokens: set[str] = set()
+
+
+def note_missing_prompt_tokens(where: str) -> None:
+    """Log :data:`MISSING_PROMPT_TOKENS_NOTE` for ``where`` (a dataset directory or table), once per process."""
+    if where not in _noted_missing_prompt_tokens:
+        _noted_missing_prompt_tokens.add(where)
+        logger.warning(MISSING_PROMPT_TOKENS_NOTE.format(where=where))
 
 
 class TreeFormatError(ValueError):
@@ -160,8 +193,14 @@ class RolloutTrees:
     answer: list[str | None] | None = None
     #: Per query: the path key of its root (:mod:`trim_env.keys`); ``None`` derives it from the id.
     root_key: np.ndarray | None = None
+    #: Per query: tokens of the prompt (chat template, system prompt, problem) before the first
+    #: step; ``None`` for datasets of schema version < 3, which did not record it.
+    prompt_tokens: np.ndarray | None = None
     #: Minimum PRM score over the steps of each node's prefix (1.0 at the root); derived, not stored.
     path_min_prm: np.ndarray = field(init=False, repr=False)
+    #: Tokens of the steps from the root to each node, the node's own step included (0 at the
+    #: root); derived, not stored. The prompt is not included: see :meth:`prefix_tokens`.
+    path_tokens: np.ndarray = field(init=False, repr=False)
     #: Cap on strong steps per path and node budget per query (``None`` = uncapped / no budget).
     max_strong_steps: int | None = None
     node_budget: int | None = None
@@ -172,6 +211,7 @@ class RolloutTrees:
         if self.root_key is None:
             self.root_key = query_keys_from_ids(self.query_id)
         self.path_min_prm = path_minimum(self.parent, self.step_prm, self.depth)
+        self.path_tokens = path_sum(self.parent, self.step_tokens, self.depth)
 
     @property
     def num_queries(self) -> int:
@@ -201,6 +241,20 @@ class RolloutTrees:
     def flush(self) -> None:
         """Persist grown nodes (cached trees: nothing to persist)."""
 
+    def prefix_tokens(self, nodes: np.ndarray) -> np.ndarray:
+        """Tokens a model reads before writing the step after each of ``nodes``: the query's prompt
+        plus every step from the root to the node (int64, one per node).
+
+        :raises ValueError: the trees carry no prompt tokens (a dataset of schema version < 3).
+        """
+        if self.prompt_tokens is None:
+            raise ValueError(
+                "these trees carry no prompt_tokens (a dataset of tree schema version < 3), so prefix lengths "
+                "are unknown; re-create or re-collect the dataset with this version of trim"
+            )
+        nodes = np.asarray(nodes, dtype=np.int64)
+        return self.prompt_tokens[self.query[nodes]].astype(np.int64) + self.path_tokens[nodes]
+
     def strong_only_mean_tokens(self) -> float:
         return float(np.mean(self.strong_only_tokens))
 
@@ -229,8 +283,10 @@ class RolloutTrees:
 
         def pick(column: Column, rows: np.ndarray) -> Any:
             values = getattr(self, column.name)
+            if values is None:  # a text column without text, or a column older schemas lack
+                return None
             if column.role in (TEXT, IDENTIFIER):
-                return None if values is None else [values[i] for i in rows]
+                return [values[i] for i in rows]
             if column.role == NODE_INDEX:
                 return new_id[values[rows]]
             if column.role == QUERY_INDEX:
@@ -243,6 +299,17 @@ class RolloutTrees:
             max_strong_steps=self.max_strong_steps,
             node_budget=self.node_budget,
         )
+
+
+def path_sum(parent: np.ndarray, step_tokens: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Sum of the step tokens over each node's prefix (int64, 0 at the root), computed level by level."""
+    result = np.zeros(len(parent), dtype=np.int64)
+    order = np.argsort(depth, kind="stable")
+    bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
+    for level in range(1, len(bounds) - 1):
+        nodes = order[bounds[level] : bounds[level + 1]]
+        result[nodes] = result[parent[nodes]] + step_tokens[nodes]
+    return result
 
 
 def path_minimum(parent: np.ndarray, step_prm: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -306,13 +373,22 @@ def save_dataset(
             f"{directory / MANIFEST} already exists; refusing to overwrite a dataset "
             "(choose another directory or pass overwrite=true)"
         )
+    with_prompt_tokens = {name for name, trees in splits.items() if trees.prompt_tokens is not None}
+    if with_prompt_tokens and with_prompt_tokens != set(splits):
+        raise ValueError(
+            f"splits {sorted(with_prompt_tokens)} carry prompt_tokens and {sorted(set(splits) - with_prompt_tokens)} do not; "
+            "a dataset records them for every split or for none"
+        )
+    # Trees without prompt tokens (from an older dataset) are written in the last schema without them.
+    version = SCHEMA_VERSION if with_prompt_tokens or not splits else 2
     directory.mkdir(parents=True, exist_ok=True)
     manifest_splits = {}
     for name, trees in splits.items():
         split_dir = directory / name
         split_dir.mkdir(exist_ok=True)
         files = {}
-        tables = (("queries.parquet", _table(trees, QUERY_SCHEMA, trees.num_queries)), ("nodes.parquet", _table(trees, NODE_SCHEMA, trees.num_nodes)))
+        tables = (("queries.parquet", _table(trees, query_schema(version), trees.num_queries)),
+                  ("nodes.parquet", _table(trees, NODE_SCHEMA, trees.num_nodes)))
         for file_name, table in tables:
             _write_table(table, split_dir / file_name)
             files[file_name] = file_sha256(split_dir / file_name)
@@ -325,7 +401,7 @@ def save_dataset(
         json.dumps({k: v["sha256"] for k, v in sorted(manifest_splits.items())}, sort_keys=True).encode()
     ).hexdigest()
     manifest = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "source": source,
         "max_strong_steps": max_strong_steps,
         "node_budget": node_budget,
@@ -384,6 +460,10 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         "shuffling, filtering, sorting or selecting rows breaks the trees. Rebuild the trees with "
         "`trim_env.hf.trees_from_datasets(queries, nodes)`, which refuses reordered or filtered rows, and take "
         "subsets with `RolloutTrees.subset`.",
+        "",
+        "`prompt_tokens` (queries, schema version 3) is the length of each query's prompt (chat template, system "
+        "prompt and problem) in tokens; with a node's `depth` and the `step_tokens` of its path it gives the prefix a "
+        "model reads at that node (`RolloutTrees.prefix_tokens`), which the cost models of `trim_env.cost` charge.",
         "",
         "The Parquet files hold the seed cache hashed in `manifest.json`. Nodes grown on demand later live in "
         "`<split>/growth/` shards, linked by path keys, and are not part of these configs; trim's own loader "
@@ -515,13 +595,15 @@ def load_split(directory: str | Path, split: str = "test", verify_hash: bool = T
     hashes = _split_hashes(manifest, directory / MANIFEST, split) if verify_hash else {}
     queries_path = directory / split / "queries.parquet"
     nodes_path = directory / split / "nodes.parquet"
-    query_schema = QUERY_SCHEMA if manifest["schema_version"] >= 2 else tuple(c for c in QUERY_SCHEMA if c.name not in ADDED_IN_SCHEMA_2)
-    queries = _read_table(queries_path, hashes.get("queries.parquet"), query_schema)
+    schema = query_schema(manifest["schema_version"])
+    queries = _read_table(queries_path, hashes.get("queries.parquet"), schema)
     nodes = _read_table(nodes_path, hashes.get("nodes.parquet"), NODE_SCHEMA)
-    _Validator(nodes, queries, nodes_path, queries_path, query_schema).check(manifest["max_strong_steps"])
+    _Validator(nodes, queries, nodes_path, queries_path, schema).check(manifest["max_strong_steps"])
+    if manifest["schema_version"] < 3:
+        note_missing_prompt_tokens(str(directory))
     return RolloutTrees(
         **{column.name: _column_values(nodes, column) for column in NODE_SCHEMA},
-        **{column.name: _column_values(queries, column) for column in query_schema},
+        **{column.name: _column_values(queries, column) for column in schema},
         max_strong_steps=manifest["max_strong_steps"],
         node_budget=manifest.get("node_budget"),
     )
@@ -539,23 +621,26 @@ def trees_from_tables(
     """Check and build one split from in-memory tables (e.g. a 🤗 datasets split) instead of files.
 
     :param nodes_name: what the nodes table is called in error messages (it takes the place of a file name).
-    :param queries_name: likewise for the queries table; a table without ``root_key`` is read as schema version 1.
+    :param queries_name: likewise for the queries table; a table without ``root_key`` is read as schema
+        version 1, one without ``prompt_tokens`` as version 2 (noted once: :func:`note_missing_prompt_tokens`).
     :param max_strong_steps: the cap K to check, or ``None`` (not checked, recorded as uncapped).
     :param node_budget: recorded on the trees as is.
     :param link_hint: appended to a broken-link error, saying what likely broke the links.
     :raises TreeFormatError: with the table, query, node and field of the first problem found.
     """
-    query_schema = QUERY_SCHEMA if "root_key" in queries.column_names else tuple(
-        c for c in QUERY_SCHEMA if c.name not in ADDED_IN_SCHEMA_2)
-    _check_columns(queries, query_schema, queries_name)
+    version = 1 if "root_key" not in queries.column_names else 3 if "prompt_tokens" in queries.column_names else 2
+    schema = query_schema(version)
+    _check_columns(queries, schema, queries_name)
     _check_columns(nodes, NODE_SCHEMA, nodes_name)
     queries, nodes = queries.combine_chunks(), nodes.combine_chunks()
-    validator = _Validator(nodes, queries, Path(nodes_name), Path(queries_name), query_schema)
+    validator = _Validator(nodes, queries, Path(nodes_name), Path(queries_name), schema)
     validator.link_hint = link_hint
     validator.check(max_strong_steps)
+    if version < 3:
+        note_missing_prompt_tokens(queries_name)
     return RolloutTrees(
         **{column.name: _column_values(nodes, column) for column in NODE_SCHEMA},
-        **{column.name: _column_values(queries, column) for column in query_schema},
+        **{column.name: _column_values(queries, column) for column in schema},
         max_strong_steps=max_strong_steps,
         node_budget=node_budget,
     )
@@ -763,7 +848,8 @@ class _Validator:
             bad = (values != 0) & (values != 1)
             if bad.any():
                 raise self.query_error(bad, name, values, "must be 0 or 1")
-        for name in ("weak_only_tokens", "strong_only_tokens", "weak_only_steps", "strong_only_steps"):
+        counts = ("weak_only_tokens", "strong_only_tokens", "weak_only_steps", "strong_only_steps", "prompt_tokens")
+        for name in (column.name for column in self.query_schema if column.name in counts):
             values = self.queries.column(name).to_numpy()
             bad = values < 0
             if bad.any():
@@ -787,7 +873,8 @@ def content_digest(trees: RolloutTrees) -> str:
             digest.update(np.ascontiguousarray(getattr(trees, column.name), dtype=column.numpy_dtype).tobytes())
     digest.update(np.rint(trees.step_prm.astype(np.float64) * 1e5).astype(np.int64).tobytes())
     for column in QUERY_SCHEMA:
-        if column.role in (TEXT, IDENTIFIER):
+        # A column older schemas lack enters only when present, so their digests are unchanged.
+        if column.role in (TEXT, IDENTIFIER) or getattr(trees, column.name) is None:
             continue
         values = np.asarray(getattr(trees, column.name), dtype=column.numpy_dtype if column.role != MATRIX else None)
         if values.dtype.kind == "f":

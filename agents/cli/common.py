@@ -1,7 +1,8 @@
 """What every entry point shares: the structured configs, strict scalars, run-dir claiming and exporting.
 
 - :func:`register_schemas` stores each registered kind's settings dataclass (``schema/policy/<Class>``,
-  which ``conf/policy/<name>.yaml`` extends) and PPO's (``ppo/default``) in Hydra's ConfigStore;
+  which ``conf/policy/<name>.yaml`` extends), each cost model's (``schema/cost/<Class>``, which
+  ``conf/cost/<name>.yaml`` extends) and PPO's (``ppo/default``) in Hydra's ConfigStore;
   every ``main()`` calls it before Hydra composes, so OmegaConf checks types (``policy.bins=x``
   is an error naming the key) and the dataclasses are the only home of the defaults.
 - :func:`read_bool` / :func:`read_int` / :func:`read_float` parse the untyped top-level keys strictly.
@@ -29,6 +30,7 @@ from agents.cli import config_dir
 from agents.export import write_training_queries
 from agents.registry import registry
 from trim_env import atomic
+from trim_env.cost import COST_MODELS
 from trim_env.run_dirs import RunDirError, claim_run_dir
 from trim_env.store import GrowthBudgetSpent
 
@@ -41,6 +43,8 @@ def register_schemas() -> None:
         store.store(group="ppo", name=name, node=settings)
     for name, settings in registry().schemas().items():
         store.store(group="schema/policy", name=name, node=settings)
+    for model in COST_MODELS.values():
+        store.store(group="schema/cost", name=model.__name__, node=model)
 
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:

@@ -105,11 +105,14 @@ class Rollout:
         the last step asked for).
     :param decoded_tokens: tokens the model decoded, discarded ones included (the real cost).
     :param calls: backend calls it took.
+    :param prompt_tokens: tokens its first call read (prompt and prefix), as the server's
+        ``usage.prompt_tokens`` or the local tokenizer counts them; ``None`` when not reported.
     """
 
     steps: list[StepResult]
     decoded_tokens: int
     calls: int
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)

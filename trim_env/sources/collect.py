@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -76,7 +77,8 @@ def build_trees(queries: Sequence[QueryTree], max_strong_steps: int) -> RolloutT
 
     Node columns follow the tree schema (:data:`~trim_env.tree.NODE_SCHEMA`): index columns are
     shifted by each query's first node, the hidden state is unknown; collected queries carry no
-    query-level features.
+    query-level features. Prompt tokens are recorded when every query has them (a backend that
+    does not report them leaves the split without, noted in the log).
     """
     counts = [query.num_nodes for query in queries]
     offsets = np.cumsum([0, *counts])
@@ -96,6 +98,11 @@ def build_trees(queries: Sequence[QueryTree], max_strong_steps: int) -> RolloutT
     def anchor(run: str, position: int, name: str) -> np.ndarray:
         return np.array([getattr(query, run)[position] for query in queries], dtype=QUERY_COLUMNS[name].to_pandas_dtype())
 
+    unknown = sum(query.prompt_tokens is None for query in queries)
+    if unknown:
+        logger.warning("%d of %d collected queries have no prompt token count (the weak backend did not report "
+                       "usage.prompt_tokens): the split is written without prompt_tokens", unknown, len(queries))
+    prompt_tokens = None if unknown else np.array([query.prompt_tokens for query in queries], dtype=np.int64)
     columns: dict[str, Any] = {column.name: node_column(column) for column in NODE_SCHEMA}
     columns.update({f"{run}_{what}": anchor(run, position, f"{run}_{what}")
                     for run in ("weak_only", "strong_only") for position, what in enumerate(ANCHOR_FIELDS)})
@@ -107,6 +114,7 @@ def build_trees(queries: Sequence[QueryTree], max_strong_steps: int) -> RolloutT
         features=np.zeros((len(queries), 0), dtype=np.float32),
         problem=[query.problem.problem for query in queries],
         answer=[query.problem.answer for query in queries],
+        prompt_tokens=prompt_tokens,
         max_strong_steps=max_strong_steps,
     )
 
@@ -262,8 +270,13 @@ async def _collect_locked(
 def write_dataset(
     out: Path, queries: Sequence[QueryTree], splits: dict[str, np.ndarray], max_strong_steps: int, manifest_source: dict[str, Any]
 ) -> None:
-    """Write the dataset of every problem's tree (``queries`` in problem order) into ``out``, ``manifest.json`` last."""
+    """Write the dataset of every problem's tree (``queries`` in problem order) into ``out``, ``manifest.json`` last.
+
+    Prompt tokens are written for every split or for none (a dataset's schema is one version).
+    """
     trees = {name: build_trees([queries[i] for i in indices], max_strong_steps) for name, indices in splits.items()}
+    if any(split.prompt_tokens is None for split in trees.values()):
+        trees = {name: dataclasses.replace(split, prompt_tokens=None) for name, split in trees.items()}
     save_dataset(out, trees, manifest_source, max_strong_steps, None, overwrite=True)
 
 

@@ -362,15 +362,17 @@ class TransformersGenerator(StepGenerator):
                 pad_token_id=self.pad_token_id,
                 **options,
             )
-        return [self._read_row(row[prompt_length:].tolist(), max_tokens, steps) for row, steps in zip(output, max_steps)]
+        read = batch["attention_mask"].sum(dim=1).tolist()  # each prompt's own tokens, padding left out
+        return [self._read_row(row[prompt_length:].tolist(), max_tokens, steps, int(tokens))
+                for row, steps, tokens in zip(output, max_steps, read)]
 
-    def _read_row(self, new_ids: list[int], max_tokens: int, max_steps: int) -> Rollout:
-        """Cut one row's new tokens into steps (up to the end of sequence or padding)."""
+    def _read_row(self, new_ids: list[int], max_tokens: int, max_steps: int, prompt_tokens: int) -> Rollout:
+        """Cut one row's new tokens into steps (up to the end of sequence or padding); ``prompt_tokens``: what the row read."""
         length = next((i for i, token in enumerate(new_ids) if token in self.stop_ids), len(new_ids))
         ended = length < len(new_ids)
         decoded = length + int(ended)  # the end-of-sequence token counts
         text_of = lambda k: self.tokenizer.decode(new_ids[:k], skip_special_tokens=True)  # noqa: E731
-        return Rollout(split_steps(text_of, length, decoded, ended, max_steps, max_tokens), decoded, 1)
+        return Rollout(split_steps(text_of, length, decoded, ended, max_steps, max_tokens), decoded, 1, prompt_tokens)
 
 
 class _LocalPRM(PRMScorer):

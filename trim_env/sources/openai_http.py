@@ -283,8 +283,11 @@ class OpenAIGenerator(StepGenerator):
             body["messages"] = messages
         return {**body, **self.extra_body}
 
-    async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, str | None, int]:
-        """(choice, text, finish reason, decoded tokens) of one completion request, each checked.
+    async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, str | None, int, int | None]:
+        """(choice, text, finish reason, decoded tokens, prompt tokens) of one completion request, each checked.
+
+        The prompt tokens are the server's ``usage.prompt_tokens``, ``None`` where it reports none
+        (the field is optional in the API; only cost models that charge prefill need it).
 
         :raises BackendError: naming the field of the answer that is missing or of the wrong type,
             or a token count above the request's ``max_tokens`` (the cap is the request's, never
@@ -315,10 +318,20 @@ class OpenAIGenerator(StepGenerator):
         finish = choice.get("finish_reason")
         if finish is not None and not isinstance(finish, str):
             raise BackendError(f"{where}: field choices[0].finish_reason is {finish!r}, not a string")
-        return choice, text, finish, tokens
+        read = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        prompt_tokens = read if isinstance(read, int) and not isinstance(read, bool) and read > 0 else None
+        return choice, text, finish, tokens, prompt_tokens
 
     async def _one(self, request: StepRequest) -> StepResult:
-        choice, text, finish, tokens = await self._post(self.request_body(request))
+        return (await self._one_read(request))[0]
+
+    async def _one_read(self, request: StepRequest) -> tuple[StepResult, int | None]:
+        """One step and the prompt tokens its call read (``None``: not reported)."""
+        choice, text, finish, tokens, prompt_tokens = await self._post(self.request_body(request))
+        return self._step(choice, text, finish, tokens), prompt_tokens
+
+    def _step(self, choice: dict[str, Any], text: str, finish: str | None, tokens: int) -> StepResult:
+        """The step of a checked answer: its text cut at the separator, and whether it ends the solution."""
         # Servers that return text past the stop string (or ignore stop) are cut here too.
         step, separated = cut_at_separator(text)
         if finish == "length" and not separated:
@@ -335,23 +348,23 @@ class OpenAIGenerator(StepGenerator):
 
     async def _rollout_one(self, request: StepRequest, max_steps: int) -> Rollout:
         if max_steps == 1:
-            step = await self._one(request)
-            return Rollout([step], step.tokens, 1)
+            step, prompt_tokens = await self._one_read(request)
+            return Rollout([step], step.tokens, 1, prompt_tokens)
         limit = self.step_limit(request)
         body = {key: value for key, value in self.request_body(request).items() if key != "stop"}
         body["max_tokens"] = max(limit, min(max_steps * limit, self.max_rollout_tokens))
         body.update({"logprobs": 1} if self.api == "completions" else {"logprobs": True, "top_logprobs": 0})
-        choice, text, finish, decoded = await self._post(body)
+        choice, text, finish, decoded, prompt_tokens = await self._post(body)
         pieces = _token_pieces(choice, text)
         if pieces is None:
             rest = (await super().rollout([request], [max_steps]))[0]
-            return Rollout(rest.steps, decoded + rest.decoded_tokens, 1 + rest.calls)
+            return Rollout(rest.steps, decoded + rest.decoded_tokens, 1 + rest.calls, prompt_tokens)
         ends = [0]
         for piece in pieces:
             ends.append(ends[-1] + len(piece))
         # Without stop strings, "stop" can only mean the model's end of sequence.
         steps = split_steps(lambda k: text[: ends[k]], len(pieces), max(decoded, len(pieces)), finish == "stop", max_steps, limit)
-        return Rollout(steps, max(decoded, len(pieces)), 1)
+        return Rollout(steps, max(decoded, len(pieces)), 1, prompt_tokens)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -95,6 +95,10 @@ class QueryTree:
     strong_only: tuple[int, int, int] = (0, 0, 0)
     #: Calls, tokens and time this query cost.
     stats: dict[str, float] = field(default_factory=dict)
+    #: Tokens of the prompt (chat template, system prompt, problem) as the weak model's first call
+    #: read them (the server's ``usage.prompt_tokens`` or the local tokenizer); ``None`` when the
+    #: backend does not report them (and in records written before trees carried them).
+    prompt_tokens: int | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -226,6 +230,8 @@ async def collect_query(
         """
         (rollout,) = await weak.rollout([request(start, "W")], [settings.max_steps - tree.depth[start]])
         count("weak", [rollout])
+        if start == 0 and not start_branched:  # the call from the root read the prompt alone
+            tree.prompt_tokens = rollout.prompt_tokens
         chain = [start]
         for step in rollout.steps:
             chain.append(attach(chain[-1], step, False))
