@@ -39,8 +39,8 @@ def register_schemas() -> None:
     """Store the settings dataclasses in Hydra's ConfigStore (idempotent)."""
     store = ConfigStore.instance()
     store.store(group="ppo", name="default", node=PPOSettings)
-    for name, settings in PPO_OPTIONS.items():
-        store.store(group="ppo", name=name, node=settings)
+    for name, option in PPO_OPTIONS.items():
+        store.store(group="ppo", name=name, node=option)
     for name, settings in registry().schemas().items():
         store.store(group="schema/policy", name=name, node=settings)
     for model in COST_MODELS.values():
