@@ -118,13 +118,9 @@ def test_delta_ibc_subtracts_weak_only_strong_tokens() -> None:
     [
         (0.8, 0.0, REFERENCE),  # zero cost point
         (0.8, 50.0, NO_GAP_REFERENCE),  # no accuracy gap, IBC_base == 0
-        (
-            0.8,
-            50.0,
-            Reference(0.5, 0.9, strong_tokens_per_query=10.0, weak_strong_tokens_per_query=10.0),
-        ),  # strong-only costs the same as weak-only
+        (0.8, 10.0, Reference(0.5, 0.9, 100.0, weak_strong_tokens_per_query=20.0)),
     ],
-    ids=["zero_cost_point", "no_gap", "no_cost_gap"],
+    ids=["zero_cost_point", "no_gap", "cheaper_than_weak_only"],
 )
 def test_delta_ibc_is_nan_in_degenerate_cases(
     policy_accuracy: float, tokens: float, reference: Reference
@@ -419,6 +415,21 @@ def test_point_functions_reject_nan_costs(function: PairFunction) -> None:
             "weak_strong_tokens_per_query must be non-negative, got -1.0",
             id="reference_negative_weak_cost",
         ),
+        pytest.param(
+            lambda: Reference(0.5, 0.9, 10.0, weak_strong_tokens_per_query=10.0),
+            r"weak_strong_tokens_per_query must be below strong_tokens_per_query .*c_w < 1.*got 10.0 >= 10.0",
+            id="reference_weak_cost_equal_to_strong",
+        ),
+        pytest.param(
+            lambda: Reference(0.5, 0.9, 10.0, weak_strong_tokens_per_query=12.0),
+            "weak_strong_tokens_per_query must be below strong_tokens_per_query",
+            id="reference_weak_cost_above_strong",
+        ),
+        pytest.param(
+            lambda: Reference(0.5, 0.9, 10.0, weak_strong_tokens_per_query=math.nan),
+            "weak_strong_tokens_per_query must be finite, got nan",
+            id="reference_nan_weak_cost",
+        ),
     ],
 )
 def test_invalid_inputs_raise_value_error_naming_argument(
@@ -426,3 +437,133 @@ def test_invalid_inputs_raise_value_error_naming_argument(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- a weak anchor that costs something (c_w > 0) ----------------------------------------
+
+# Weak-only costs 20 of strong-only's 100 (e.g. dollars): c_w = 0.2. The frontier, as (c, PGR):
+# weak-only (0.2, 0), A (0.4, 0.5), B (0.6, 0.9), strong-only (1, 1).
+PRICED = Reference(weak_accuracy=0.5, strong_accuracy=0.9, strong_tokens_per_query=100.0, weak_strong_tokens_per_query=20.0)
+PRICED_ACCURACIES = [0.5, 0.7, 0.86, 0.9]
+PRICED_COSTS = [20.0, 40.0, 60.0, 100.0]
+PRICED_C = [0.2, 0.4, 0.6, 1.0]
+PRICED_PGR = [0.0, 0.5, 0.9, 1.0]
+
+
+def test_the_weak_anchor_sits_at_its_normalized_cost() -> None:
+    assert PRICED.weak_normalized_cost == pytest.approx(0.2)
+    assert REFERENCE.weak_normalized_cost == 0.0
+    assert [normalized_cost(cost, PRICED) for cost in PRICED_COSTS] == pytest.approx(PRICED_C)
+    assert [pgr(acc, PRICED) for acc in PRICED_ACCURACIES] == pytest.approx(PRICED_PGR)
+
+
+def test_delta_ibc_is_measured_against_the_line_from_the_weak_anchor() -> None:
+    # [PGR / (c − c_w)] / [1 / (1 − c_w)] − 1: A 0.5/0.2·0.8 − 1 = 1, B 0.9/0.4·0.8 − 1 = 0.8, strong-only 0.
+    expected = [math.nan, 1.0, 0.8, 0.0]
+    measured = [delta_ibc(acc, cost, PRICED) for acc, cost in zip(PRICED_ACCURACIES, PRICED_COSTS)]
+    assert math.isnan(measured[0])
+    assert measured[1:] == pytest.approx(expected[1:])
+    # On the weak→strong line from (0.2, 0) to (1, 1): c = 0.6 gives PGR 0.5, ΔIBC 0.
+    assert delta_ibc(0.7, 60.0, PRICED) == pytest.approx(0.0)
+
+
+def test_metrics_of_a_frontier_with_a_priced_weak_anchor_match_hand_computed_values() -> None:
+    # Nothing below c_w = 0.2; trapezoids 0.2·0.5/2 + 0.2·(0.5 + 0.9)/2 + 0.4·(0.9 + 1)/2 = 0.05 + 0.14 + 0.38.
+    assert apgr(PRICED_C, PRICED_PGR) == pytest.approx(0.57)
+    assert apgr([0.2, 1.0], [0.0, 1.0]) == pytest.approx(0.4)  # the straight line: (1 − c_w)/2
+    assert cpt(PRICED_C, PRICED_PGR, 0.5) == pytest.approx(0.4)
+    assert cpt(PRICED_C, PRICED_PGR, 0.8) == pytest.approx(0.4 + 0.2 * 0.3 / 0.4)  # 0.55
+    assert cpt(PRICED_C, PRICED_PGR, 0.95) == pytest.approx(0.6 + 0.4 * 0.05 / 0.1)  # 0.8
+    assert cpt(PRICED_C, PRICED_PGR, 0.0) == pytest.approx(0.2)  # the weak anchor itself
+    summary = summarize_frontier(PRICED_ACCURACIES, PRICED_COSTS, PRICED)
+    assert (summary.cpt50, summary.cpt80, summary.cpt95) == pytest.approx((0.4, 0.55, 0.8))
+    assert summary.apgr == pytest.approx(0.57)
+    assert summary.mean_delta_ibc == pytest.approx((1.0 + 0.8 + 0.0) / 3)  # weak-only's nan left out
+
+
+def test_mean_envelope_delta_ibc_with_a_priced_weak_anchor_matches_hand_computed_values() -> None:
+    # On [0.4, 0.6], with x = c − 0.2: PGR = 0.1 + 2x, so ΔIBC = 0.8·(0.1/x + 2) − 1 = 0.08/x + 0.6,
+    # whose mean over x ∈ [0.2, 0.4] is 0.6 + 0.08·ln 2 / 0.2.
+    assert mean_envelope_delta_ibc(PRICED_C, PRICED_PGR, 0.4, 0.6, weak_cost=0.2) == pytest.approx(0.6 + 0.4 * math.log(2.0))
+    # One cost: AutoMix's ΔIBC of the Pareto point there.
+    assert mean_envelope_delta_ibc(PRICED_C, PRICED_PGR, 0.4, 0.4, weak_cost=0.2) == pytest.approx(delta_ibc(0.7, 40.0, PRICED))
+    assert mean_envelope_delta_ibc(PRICED_C, PRICED_PGR, 0.6, 0.6, weak_cost=0.2) == pytest.approx(delta_ibc(0.86, 60.0, PRICED))
+    grid = np.linspace(0.3, 0.9, 200_001)
+    expected = np.mean(envelope(PRICED_C, PRICED_PGR, grid) * 0.8 / (grid - 0.2) - 1.0)
+    assert mean_envelope_delta_ibc(PRICED_C, PRICED_PGR, 0.3, 0.9, weak_cost=0.2) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weak_cost", "lower", "message"),
+    [
+        (-0.1, 0.5, r"weak_cost \(the weak anchor's normalized cost c_w\) must lie in \[0, 1\), got -0.1"),
+        (1.0, 1.5, r"weak_cost .* must lie in \[0, 1\), got 1.0"),
+        (math.nan, 0.5, "weak_cost must be finite, got nan"),
+        (0.2, 0.2, "lower must be positive and above weak_cost = 0.2"),
+        (0.2, 0.1, "lower must be positive and above weak_cost = 0.2"),
+    ],
+    ids=["negative", "one", "nan", "lower_at_c_w", "lower_below_c_w"],
+)
+def test_mean_envelope_delta_ibc_refuses_a_bad_weak_cost(weak_cost: float, lower: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mean_envelope_delta_ibc(PRICED_C, PRICED_PGR, lower, 2.0, weak_cost=weak_cost)
+
+
+def test_a_point_cheaper_than_the_weak_anchor_is_kept_as_measured() -> None:
+    # (0.1, 0.3) costs less than weak-only (c_w = 0.2) and dominates it: the envelope starts there.
+    costs, pgrs = [0.2, 0.1, 1.0], [0.0, 0.3, 1.0]
+    np.testing.assert_array_equal(pareto_points(costs, pgrs), [1, 2])
+    assert apgr(costs, pgrs) == pytest.approx(0.9 * (0.3 + 1.0) / 2)
+    assert cpt(costs, pgrs, 0.3) == pytest.approx(0.1)
+    # ΔIBC needs a cost above weak-only's: undefined for the point, refused as a range.
+    assert math.isnan(delta_ibc(0.62, 10.0, PRICED))
+    with pytest.raises(ValueError, match="lower must be positive and above weak_cost"):
+        mean_envelope_delta_ibc(costs, pgrs, 0.1, 0.5, weak_cost=0.2)
+
+
+# The formulas as they were before the weak anchor could cost anything, verbatim: with c_w = 0 the
+# generalised ones must give the same floats, bit for bit.
+def _old_delta_ibc(accuracy: float, tokens: float, reference: Reference) -> float:
+    weak_cost = reference.weak_strong_tokens_per_query
+    policy_extra_cost = tokens - weak_cost
+    strong_extra_cost = reference.strong_tokens_per_query - weak_cost
+    if policy_extra_cost == 0.0 or strong_extra_cost == 0.0:
+        return math.nan
+    ibc_base = (reference.strong_accuracy - reference.weak_accuracy) / strong_extra_cost
+    if ibc_base == 0.0:
+        return math.nan
+    ibc_policy = (accuracy - reference.weak_accuracy) / policy_extra_cost
+    return (ibc_policy - ibc_base) / ibc_base
+
+
+def _old_mean_envelope_delta_ibc(costs: np.ndarray, pgrs: np.ndarray, low: float, high: float) -> float:
+    optimal = pareto_points(costs, pgrs)
+    curve_costs, curve_values = costs[optimal], pgrs[optimal]
+    if low < curve_costs[0]:
+        return math.nan
+    if high == low:
+        return float(np.interp(low, curve_costs, curve_values)) / low - 1.0
+    interior = curve_costs[(curve_costs > low) & (curve_costs < high)]
+    breakpoints = np.concatenate(([low], interior, [high]))
+    heights = np.interp(breakpoints, curve_costs, curve_values)
+    slopes = np.diff(heights) / np.diff(breakpoints)
+    intercepts = heights[:-1] - slopes * breakpoints[:-1]
+    integral = np.sum(intercepts * np.log(breakpoints[1:] / breakpoints[:-1]) + slopes * np.diff(breakpoints))
+    return float(integral) / (high - low) - 1.0
+
+
+def test_a_free_weak_anchor_gives_the_old_values_bit_for_bit() -> None:
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        n = int(rng.integers(1, 9))
+        costs = np.concatenate(([0.0], rng.uniform(0.0, 1.3, n)))
+        pgrs = np.concatenate(([0.0], rng.uniform(-0.3, 1.2, n)))
+        low, high = np.sort(rng.uniform(1e-3, 1.4, 2))
+        for weak_cost in ({}, {"weak_cost": 0.0}):
+            assert mean_envelope_delta_ibc(costs, pgrs, low, high, **weak_cost) == _old_mean_envelope_delta_ibc(costs, pgrs, low, high)
+            assert mean_envelope_delta_ibc(costs, pgrs, low, low, **weak_cost) == _old_mean_envelope_delta_ibc(costs, pgrs, low, low)
+        weak, strong = np.sort(rng.uniform(0.0, 1.0, 2))
+        reference = Reference(weak, strong, float(rng.uniform(1.0, 900.0)))
+        for acc, cost in zip(rng.uniform(0.0, 1.0, 5), rng.uniform(0.0, 1000.0, 5)):
+            new, old = delta_ibc(acc, cost, reference), _old_delta_ibc(acc, cost, reference)
+            assert new == old or (math.isnan(new) and math.isnan(old))

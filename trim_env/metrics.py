@@ -1,15 +1,29 @@
 """Cost/performance metrics comparing step-level routing policies with weak- and strong-only models.
 
-A *point* is one routing-policy setting evaluated on a split: its accuracy and its mean
-number of strong-model tokens per query (C̄). Points are placed on a normalized cost axis
-``c = C̄ / C̄_strong_only`` and a performance axis PGR (performance gap recovered). A set of
-points forms a *frontier*, summarised by:
+A *point* is one routing-policy setting evaluated on a split: its accuracy and its mean cost
+per query (C̄: strong-model tokens under the paper's unit, or cost units of another cost model,
+:mod:`trim_env.cost`). Points are placed on a normalized cost axis
+``c = C̄ / C̄_strong_only`` (both in the same unit) and a performance axis PGR (performance gap
+recovered). A set of points forms a *frontier*, summarised by:
 
 * **CPT(x)** - least normalized cost at which the frontier's upper envelope reaches PGR ≥ x.
 * **APGR** - area under the PGR-vs-cost envelope on ``c ∈ [0, 1]``.
 * **ΔIBC** - AutoMix's relative incremental benefit per cost over the weak→strong line.
 * **mean envelope ΔIBC** - ΔIBC along the envelope, averaged over a given cost range, so that
   frontiers measured at different costs are compared on the same range.
+
+**The weak anchor's cost.** Counting strong tokens, weak-only is free: its point is (c, PGR) =
+(0, 0). Under a cost model that also charges the weak model (price, FLOPs, latency) it sits at
+``c_w = C̄_weak_only / C̄_strong_only > 0`` (:attr:`Reference.weak_normalized_cost`, ``0 ≤ c_w < 1``).
+Then the weak→strong line runs from (c_w, 0) to (1, 1); ΔIBC is measured against it,
+``ΔIBC = [PGR / (c − c_w)] / [1 / (1 − c_w)] − 1``, and is undefined (``nan``) at ``c ≤ c_w``;
+APGR still integrates on ``c ∈ [0, 1]`` and counts nothing below the frontier's cheapest point, so
+the straight line scores ``(1 − c_w) / 2`` instead of 0.5 (compare APGRs under one cost model).
+A point cheaper than weak-only is not expected (a routed query pays a weak call and a PRM call
+per step; weak-only pays one weak call) but not impossible (a strong rewrite can shorten the
+solution), so it is kept as measured: it joins the envelope like any other point. With
+``c_w = 0`` every formula is, operation for operation, the one used before the weak anchor could
+cost anything, so results are bit for bit unchanged.
 
 The upper envelope connects consecutive Pareto-optimal points with straight lines (a router
 can mix two policies at random and land anywhere on that segment). It is deliberately *not*
@@ -119,12 +133,17 @@ def _as_paired_1d(
 class Reference:
     """Weak-only and strong-only anchors on one split.
 
+    The two cost fields keep the names of the paper's unit (strong tokens) so that results files
+    stay as they are; under another cost model they hold C̄ in that model's unit, the same unit as
+    the points measured against them.
+
     :param weak_accuracy: Accuracy of the weak model alone, in ``[0, 1]``.
     :param strong_accuracy: Accuracy of the strong model alone, in ``[0, 1]``.
     :param strong_tokens_per_query: C̄ of the strong-only policy; must be positive because it
         is the unit of the normalized cost axis.
-    :param weak_strong_tokens_per_query: C̄ (strong tokens) of the weak-only policy, normally 0.
-    :raises ValueError: If any field is out of range.
+    :param weak_strong_tokens_per_query: C̄ of the weak-only policy: 0 in strong tokens, positive
+        under a cost model that charges the weak model; must be below strong-only's C̄.
+    :raises ValueError: If any field is out of range, naming it.
     """
 
     weak_accuracy: float
@@ -135,7 +154,8 @@ class Reference:
     def __post_init__(self) -> None:
         _check_fraction("weak_accuracy", self.weak_accuracy)
         _check_fraction("strong_accuracy", self.strong_accuracy)
-        if _check_finite_scalar("strong_tokens_per_query", self.strong_tokens_per_query) <= 0.0:
+        strong_cost = _check_finite_scalar("strong_tokens_per_query", self.strong_tokens_per_query)
+        if strong_cost <= 0.0:
             raise ValueError(
                 "strong_tokens_per_query must be positive, "
                 f"got {float(self.strong_tokens_per_query)!r}"
@@ -148,6 +168,17 @@ class Reference:
                 "weak_strong_tokens_per_query must be non-negative, "
                 f"got {weak_cost!r}"
             )
+        # c_w ≥ 1 leaves no weak→strong line to measure ΔIBC against, nor a gap to route in.
+        if weak_cost >= strong_cost:
+            raise ValueError(
+                "weak_strong_tokens_per_query must be below strong_tokens_per_query "
+                f"(weak-only's normalized cost c_w < 1), got {weak_cost!r} >= {strong_cost!r}"
+            )
+
+    @property
+    def weak_normalized_cost(self) -> float:
+        """``c_w = C̄_weak_only / C̄_strong_only`` in ``[0, 1)``: where the weak anchor sits on the cost axis."""
+        return self.weak_strong_tokens_per_query / self.strong_tokens_per_query
 
 
 @dataclass(frozen=True)
@@ -209,9 +240,9 @@ def strong_tokens_per_query(strong_tokens: np.ndarray) -> float:
 def normalized_cost(strong_tokens_per_query: float, reference: Reference) -> float:
     """Normalized cost ``c(π) = C̄_π / C̄_strong_only``.
 
-    :param strong_tokens_per_query: C̄ of the policy being measured.
+    :param strong_tokens_per_query: C̄ of the policy being measured, in the unit of ``reference``.
     :param reference: Anchors of the split; supplies C̄ of the strong-only policy.
-    :return: 0 for a policy that never calls the strong model, 1 for strong-only.
+    :return: 1 for strong-only; ``c_w`` for weak-only (0 when counting strong tokens).
     :raises ValueError: If ``strong_tokens_per_query`` is not finite or is negative.
     """
     policy_cost = _check_finite_scalar("strong_tokens_per_query", strong_tokens_per_query)
@@ -243,15 +274,15 @@ def delta_ibc(accuracy: float, strong_tokens_per_query: float, reference: Refere
 
     ``IBC_π = (acc_π − acc_weak) / (C̄_π − C̄_weak)``,
     ``IBC_base = (acc_strong − acc_weak) / (C̄_strong − C̄_weak)`` and
-    ``ΔIBC = (IBC_π − IBC_base) / IBC_base``. A point on the straight weak→strong line
-    scores 0; a point twice as efficient scores 1.
+    ``ΔIBC = (IBC_π − IBC_base) / IBC_base``; in normalized terms
+    ``[PGR / (c − c_w)] / [1 / (1 − c_w)] − 1``. A point on the straight weak→strong line
+    (from (c_w, 0) to (1, 1)) scores 0; a point twice as efficient scores 1.
 
     :param accuracy: Accuracy of the policy being measured, in ``[0, 1]``.
-    :param strong_tokens_per_query: C̄ of the policy being measured.
+    :param strong_tokens_per_query: C̄ of the policy being measured, in the unit of ``reference``.
     :param reference: Anchors of the split.
     :return: ΔIBC, or ``nan`` when the policy costs no more than weak-only
-        (``C̄_π == C̄_weak``) or when ``IBC_base`` is 0 or undefined (no accuracy gap, or
-        strong-only costs the same as weak-only).
+        (``C̄_π ≤ C̄_weak``: no extra cost to divide by) or when ``IBC_base`` is 0 (no accuracy gap).
     :raises ValueError: If ``accuracy`` or ``strong_tokens_per_query`` is invalid.
     """
     policy_accuracy = _check_fraction("accuracy", accuracy)
@@ -262,8 +293,9 @@ def delta_ibc(accuracy: float, strong_tokens_per_query: float, reference: Refere
         )
     weak_cost = reference.weak_strong_tokens_per_query
     policy_extra_cost = policy_cost - weak_cost
+    # Positive: Reference refuses a weak-only C̄ at or above strong-only's.
     strong_extra_cost = reference.strong_tokens_per_query - weak_cost
-    if policy_extra_cost == 0.0 or strong_extra_cost == 0.0:
+    if policy_extra_cost <= 0.0:
         return math.nan
     ibc_base = (reference.strong_accuracy - reference.weak_accuracy) / strong_extra_cost
     if ibc_base == 0.0:
@@ -336,8 +368,9 @@ def cpt(costs: ArrayLike, pgrs: ArrayLike, target: float) -> float:
     :param costs: Per-point normalized costs.
     :param pgrs: Per-point PGR values.
     :param target: PGR threshold as a fraction (0.5 for CPT(50%)).
-    :return: The least such cost, interpolated linearly between consecutive Pareto points;
-        ``nan`` if no point reaches ``target``.
+    :return: The least such cost, interpolated linearly between consecutive Pareto points
+        (never below the cheapest point: with the weak anchor (c_w, 0) cheapest, CPT(x ≤ 0) is
+        c_w); ``nan`` if no point reaches ``target``.
     :raises ValueError: If the frontier is invalid or ``target`` is not finite.
     """
     threshold = _check_finite_scalar("target", target)
@@ -359,15 +392,17 @@ def apgr(costs: ArrayLike, pgrs: ArrayLike) -> float:
     """Area under the PGR-vs-normalized-cost envelope on ``c ∈ [0, 1]``.
 
     The envelope is integrated exactly with the trapezoid rule at its breakpoints. Below the
-    cheapest point it counts as 0 (callers normally include the weak-only point at c=0, in
-    which case this never applies); beyond the most expensive Pareto point it stays flat at
+    cheapest point it counts as 0: callers include the weak-only point (c_w, 0), so with a free
+    weak model this never applies and with a priced one ``[0, c_w)`` adds nothing (no policy is
+    that cheap). A point cheaper than the weak anchor is a measurement like any other: the
+    envelope starts there. Beyond the most expensive Pareto point the envelope stays flat at
     that point's PGR, as in :func:`envelope`, so a frontier given without the strong-only point
     is not drawn up to it. Points with c > 1 only contribute through the segment that crosses
     c = 1. PGR values are integrated as given, so negative PGR subtracts area.
 
     :param costs: Per-point normalized costs.
     :param pgrs: Per-point PGR values.
-    :return: The area; 0.5 for the straight weak→strong line.
+    :return: The area; ``(1 − c_w) / 2`` for the straight weak→strong line, 0.5 when ``c_w = 0``.
     :raises ValueError: If the frontier is invalid.
     """
     curve_costs, curve_values = _pareto_curve(costs, pgrs)
@@ -404,50 +439,65 @@ def mean_delta_ibc(
     return float(defined.mean())
 
 
-def mean_envelope_delta_ibc(costs: ArrayLike, pgrs: ArrayLike, lower: float, upper: float) -> float:
-    """Mean of ``ΔIBC(c) = PGR_env(c) / c − 1`` over normalized costs ``c ∈ [lower, upper]``.
+def mean_envelope_delta_ibc(
+    costs: ArrayLike, pgrs: ArrayLike, lower: float, upper: float, weak_cost: float = 0.0
+) -> float:
+    """Mean of ``ΔIBC(c) = PGR_env(c) · (1 − c_w) / (c − c_w) − 1`` over normalized costs ``c ∈ [lower, upper]``.
 
-    ``PGR_env`` is the frontier's upper envelope (:func:`envelope`: straight between neighbouring
-    Pareto points, flat beyond the most expensive one). The mean is exact: on each envelope segment
-    ``PGR_env(c) = α + βc`` integrates to ``α ln(c₂/c₁) + β (c₂ − c₁)`` over ``c``.
+    ``c_w`` is ``weak_cost``, the weak anchor's normalized cost (0 when counting strong tokens,
+    where ``ΔIBC(c) = PGR_env(c) / c − 1``). ``PGR_env`` is the frontier's upper envelope
+    (:func:`envelope`: straight between neighbouring Pareto points, flat beyond the most expensive
+    one). The mean is exact: on each envelope segment ``PGR_env(c) = α + β (c − c_w)`` and
+    ``PGR_env / (c − c_w)`` integrates to ``α ln((c₂ − c_w)/(c₁ − c_w)) + β (c₂ − c₁)``.
 
-    Relation to :func:`delta_ibc`: with the weak-only policy at zero strong cost, AutoMix's
-    per-point ``ΔIBC = IBC_π / IBC_base − 1 = PGR_π / c_π − 1``, so ``ΔIBC(c)`` equals
-    :func:`delta_ibc` of every Pareto point at that point's cost and follows the envelope between
-    them. :func:`mean_delta_ibc` averages over whichever points a frontier happens to have; this
-    averages over a fixed range, so two frontiers are compared at the same costs.
+    Relation to :func:`delta_ibc`: AutoMix's per-point ``ΔIBC = IBC_π / IBC_base − 1 =
+    [PGR_π / (c_π − c_w)] / [1 / (1 − c_w)] − 1``, so ``ΔIBC(c)`` equals :func:`delta_ibc` of every
+    Pareto point at that point's cost and follows the envelope between them.
+    :func:`mean_delta_ibc` averages over whichever points a frontier happens to have; this averages
+    over a fixed range, so two frontiers are compared at the same costs.
 
     :param costs: Per-point normalized costs.
     :param pgrs: Per-point PGR values.
-    :param lower: Lowest normalized cost of the range; must be positive (ΔIBC(c) is undefined at 0).
+    :param lower: Lowest normalized cost of the range; must lie above ``weak_cost`` (ΔIBC(c) is
+        undefined at ``c ≤ c_w``), so positive.
     :param upper: Highest normalized cost of the range, ``≥ lower``; ``upper == lower`` gives ΔIBC
         at that one cost.
+    :param weak_cost: ``c_w`` in ``[0, 1)`` (:attr:`Reference.weak_normalized_cost`).
     :return: The mean; ``nan`` if ``lower`` is below the cheapest point (the envelope is undefined
         there).
-    :raises ValueError: If the frontier is invalid, ``lower`` is not positive or ``upper < lower``.
+    :raises ValueError: If the frontier is invalid, ``weak_cost`` is outside ``[0, 1)``, ``lower``
+        is not above ``weak_cost`` or ``upper < lower``.
     """
     low = _check_finite_scalar("lower", lower)
     high = _check_finite_scalar("upper", upper)
-    if low <= 0.0:
+    weak = _check_finite_scalar("weak_cost", weak_cost)
+    if not 0.0 <= weak < 1.0:
+        raise ValueError(f"weak_cost (the weak anchor's normalized cost c_w) must lie in [0, 1), got {weak!r}")
+    if low <= weak:
         raise ValueError(
-            f"lower must be positive (ΔIBC(c) = PGR/c − 1 is undefined at c = 0), got {low!r}"
+            f"lower must be positive and above weak_cost = {weak!r} "
+            f"(ΔIBC(c) = PGR · (1 − c_w)/(c − c_w) − 1 is undefined at c ≤ c_w), got {low!r}"
         )
     if high < low:
         raise ValueError(f"upper must be >= lower, got upper={high!r} < lower={low!r}")
     curve_costs, curve_values = _pareto_curve(costs, pgrs)
     if low < curve_costs[0]:
         return math.nan
+    # Every operation below is exact for weak = 0 (x − 0 = x, x · 1 = x), so c_w = 0 gives the
+    # values of the formula PGR_env(c) / c − 1 bit for bit.
+    line_slope = 1.0 - weak
     if high == low:
-        return float(np.interp(low, curve_costs, curve_values)) / low - 1.0
+        return float(np.interp(low, curve_costs, curve_values)) * line_slope / (low - weak) - 1.0
     interior = curve_costs[(curve_costs > low) & (curve_costs < high)]
     breakpoints = np.concatenate(([low], interior, [high]))
     heights = np.interp(breakpoints, curve_costs, curve_values)
     slopes = np.diff(heights) / np.diff(breakpoints)
-    intercepts = heights[:-1] - slopes * breakpoints[:-1]
+    extra_costs = breakpoints - weak
+    intercepts = heights[:-1] - slopes * extra_costs[:-1]
     integral = np.sum(
-        intercepts * np.log(breakpoints[1:] / breakpoints[:-1]) + slopes * np.diff(breakpoints)
+        intercepts * np.log(extra_costs[1:] / extra_costs[:-1]) + slopes * np.diff(breakpoints)
     )
-    return float(integral) / (high - low) - 1.0
+    return float(integral) * line_slope / (high - low) - 1.0
 
 
 def summarize_frontier(
