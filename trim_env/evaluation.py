@@ -133,11 +133,14 @@ def run_thresholds(trees: RolloutTrees, thresholds: np.ndarray | list[float]) ->
 
 
 def reference(trees: RolloutTrees) -> metrics.Reference:
-    """Weak-only and strong-only anchors of a split (for c(π), PGR and ΔIBC)."""
+    """Weak-only and strong-only anchors of a split (for c(π), PGR and ΔIBC), costs in strong tokens."""
     return metrics.Reference(
         weak_accuracy=float(np.mean(trees.weak_only_correct)),
         strong_accuracy=float(np.mean(trees.strong_only_correct)),
         strong_tokens_per_query=float(np.mean(trees.strong_only_tokens)),
+        # The weak-only run decodes no strong tokens; a cost model that charges the weak model
+        # puts a positive cost here (the weak anchor at c_w > 0).
+        weak_strong_tokens_per_query=0.0,
     )
 
 
@@ -168,15 +171,19 @@ def make_point(policy: str, parameter: float | None, outcomes: Outcomes, anchors
 
 
 def anchor_points(trees: RolloutTrees) -> list[dict]:
-    """The weak-only and strong-only points of a split (from its recorded anchor runs)."""
+    """The weak-only and strong-only points of a split (from its recorded anchor runs).
+
+    The weak-only point carries its cost (0 strong tokens) and its normalized cost c_w: the
+    frontier report reads the weak anchor's cost from it.
+    """
     anchors = reference(trees)
     return [
         {
             "policy": "weak-only",
             "parameter": None,
             "accuracy": anchors.weak_accuracy,
-            "strong_tokens_per_query": 0.0,
-            "normalized_cost": 0.0,
+            "strong_tokens_per_query": anchors.weak_strong_tokens_per_query,
+            "normalized_cost": anchors.weak_normalized_cost,
             "pgr": 0.0,
         },
         {

@@ -8,20 +8,26 @@ strong-only anchors must agree across files (otherwise the runs used different s
 
 Every number is measured by a method's own points
 -------------------------------------------------
-Costs are ``c(π) = strong tokens / strong-only tokens`` (per query, means over the split).
+Costs are ``c(π) = strong tokens / strong-only tokens`` (per query, means over the split), or, for
+results of another cost model (their config's ``cost``: :mod:`trim_env.cost`), cost / strong-only
+cost in that model's unit. The weak-only anchor sits at ``c_w`` = its cost / strong-only's (0 in
+strong tokens; read from the weak-only point's ``strong_tokens_per_query``, 0 if absent).
 
 * **Frontier.** A method's frontier (one seed) is its own points plus the weak-only anchor
-  (c = 0, PGR = 0) -- never the strong-only anchor. The envelope joins neighbouring Pareto points
-  and stays flat beyond the most expensive one (:func:`trim_env.metrics.envelope`).
+  (c = c_w, PGR = 0) -- never the strong-only anchor. The envelope joins neighbouring Pareto points
+  and stays flat beyond the most expensive one (:func:`trim_env.metrics.envelope`). A point
+  cheaper than weak-only (c < c_w) is kept as measured and counted in the markdown.
 * **CPT(x)** is the least c at which that envelope reaches PGR ≥ x. A CPT the points do not reach
   is ``not reached (max PGR y at c z)``, y and z from the method's best point (JSON: ``value``
   null, ``max_pgr``, ``at_cost``).
-* **APGR** is the area under that envelope on c ∈ [0, 1], flat beyond the last point.
+* **APGR** is the area under that envelope on c ∈ [0, 1], flat beyond the last point (nothing
+  below the cheapest point: the straight weak→strong line scores (1 − c_w) / 2).
 * **Mean ΔIBC** is :func:`trim_env.metrics.mean_envelope_delta_ibc`: the mean of
-  ``ΔIBC(c) = PGR_env(c) / c − 1`` over one common range [a, b] for every method, where [a, b] is
-  the intersection of the measured cost ranges of every seed of every non-oracle method, a
-  measured range being [cheapest point with c > 0, most expensive point] (ΔIBC is undefined at
-  c = 0). At each Pareto point ΔIBC(c) equals AutoMix's per-point ΔIBC
+  ``ΔIBC(c) = PGR_env(c) · (1 − c_w) / (c − c_w) − 1`` (``PGR_env(c) / c − 1`` when c_w = 0) over
+  one common range [a, b] for every method, where [a, b] is the intersection of the measured cost
+  ranges of every seed of every non-oracle method, a measured range being [cheapest point with
+  c > c_w, most expensive point] (ΔIBC is undefined at c ≤ c_w). At each Pareto point ΔIBC(c)
+  equals AutoMix's per-point ΔIBC
   (:func:`trim_env.metrics.delta_ibc`). A method whose own points do not cover [a, b] (the
   oracle, or a method with no point at c > 0) is marked †.
 * **Seeds.** Each seed is summarised on its own; the table shows mean ± SD over seeds (ddof = 1;
@@ -34,7 +40,8 @@ Costs are ``c(π) = strong tokens / strong-only tokens`` (per query, means over 
 Figure: per method the envelope of its per-parameter mean points (mean over seeds) as a solid
 line, the points as dots, a band of accuracy mean ± SD over seeds, and a dashed line from the last
 point to strong-only labelled as interpolation. The hindsight oracle (``oracle``) has its own panel.
-``real_reference=packaged`` (or a file) overlays the real TRIM-Thr frontier from the TRIM authors' release.
+``real_reference=packaged`` (or a file) overlays the real TRIM-Thr frontier from the TRIM authors' release
+(in strong tokens, so only over results in strong tokens).
 
 Usage (``trim-frontier`` or ``python scripts/frontier.py``; Hydra overrides, conf/frontier.yaml)::
 
@@ -55,6 +62,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -72,6 +80,7 @@ from omegaconf import DictConfig, OmegaConf
 from agents.cli import config_dir
 from agents.tracking import Tracker, make_tracker
 from trim_env import metrics
+from trim_env.cost import CostModelError, cost_model_from_dict
 
 Point = dict[str, Any]
 
@@ -79,11 +88,32 @@ ANCHORS = ("weak-only", "strong-only")
 ORACLE = "oracle"
 CPT_TARGETS = {"cpt50": 0.5, "cpt80": 0.8, "cpt95": 0.95}
 COST_LABEL = "c(π) = strong tokens / strong-only tokens"
+#: The cost model of results whose config names none (every results file before issue #14).
+DEFAULT_COST_MODEL = "strong_tokens"
 INTERPOLATION_LABEL = "to strong-only (interpolation, not measured)"
 REAL_LABEL = "real TRIM-Thr (Qwen2.5-1.5B→7B, authors' release)"
 #: The file trim_env.calibration.DEFAULT_REFERENCE names (not imported: calibration loads the simulator).
 PACKAGED_REFERENCE = Path(str(importlib.resources.files("trim_env") / "references" / "trim_qwen1.5b_7b_math.json"))
 OUTPUTS = ("frontier.md", "frontier.json", "frontier.png", "frontier.pdf")
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    """The cost model the results were measured in (their config's ``cost``), for labels.
+
+    :param name: The ``cost=`` option (``strong_tokens``, ``price``, ...).
+    :param natural_unit: What one natural unit of that model is ("strong tokens", "USD", ...).
+    """
+
+    name: str
+    natural_unit: str
+
+    @property
+    def label(self) -> str:
+        """The cost axis: :data:`COST_LABEL` in strong tokens, else the model and its unit."""
+        if self.name == DEFAULT_COST_MODEL:
+            return COST_LABEL
+        return f"c(π) = cost / strong-only cost (cost={self.name}, {self.natural_unit})"
 
 
 class ReportError(ValueError):
@@ -151,6 +181,9 @@ def _check_point(file: Path, index: int, point: Any) -> Point:
     accuracy = point.get("accuracy")
     if not _is_number(accuracy) or not 0.0 <= accuracy <= 1.0:
         raise MalformedResults(f"{where} ({policy}): field 'accuracy' is {accuracy!r}, expected a number in [0, 1]")
+    if policy == "weak-only" and "strong_tokens_per_query" not in point:
+        # Weak-only costs nothing in strong tokens; a priced weak model records its cost here.
+        point = {**point, "strong_tokens_per_query": 0.0}
     tokens = point.get("strong_tokens_per_query")
     if not _is_number(tokens) or tokens < 0.0 or (policy == "strong-only" and tokens == 0.0):
         expected = "a positive number" if policy == "strong-only" else "a number >= 0"
@@ -163,11 +196,32 @@ def _check_point(file: Path, index: int, point: Any) -> Point:
     return point
 
 
-def read_points(file: Path) -> list[Point]:
-    """The checked points of one results.json.
+def _cost_axis(file: Path, content: dict[str, Any]) -> CostAxis:
+    """The cost model named by ``content["config"]["cost"]`` (:data:`DEFAULT_COST_MODEL` if none).
 
-    :param file: A results.json (``{"points": [...], ...}``).
-    :raises MalformedResults: If the file cannot be read or parsed, or any point lacks a field the report reads.
+    :param file: The results.json, for the message.
+    :param content: Its parsed content.
+    :raises MalformedResults: If ``config.cost`` is not a valid cost model's settings.
+    """
+    config = content.get("config")
+    settings = config.get("cost") if isinstance(config, dict) else None
+    if settings is None:
+        settings = {"name": DEFAULT_COST_MODEL}
+    if not isinstance(settings, dict):
+        raise MalformedResults(f"{file}: field 'config.cost' is {settings!r}, expected a cost model's settings")
+    try:
+        model = cost_model_from_dict(settings)
+    except (CostModelError, TypeError) as error:
+        raise MalformedResults(f"{file}: field 'config.cost' is not a valid cost model ({error})") from error
+    return CostAxis(model.name, model.natural_unit)
+
+
+def read_points(file: Path) -> tuple[list[Point], CostAxis]:
+    """The checked points of one results.json and the cost model they were measured in.
+
+    :param file: A results.json (``{"points": [...], "config": {...}}``).
+    :raises MalformedResults: If the file cannot be read or parsed, any point lacks a field the report
+        reads, or ``config.cost`` is not a cost model.
     """
     try:
         text = file.read_text()
@@ -180,29 +234,39 @@ def read_points(file: Path) -> list[Point]:
     points = content.get("points") if isinstance(content, dict) else None
     if not isinstance(points, list) or not points:
         raise MalformedResults(f"{file}: field 'points' is missing, empty or not a list")
-    return [_check_point(file, index, point) for index, point in enumerate(points)]
+    return [_check_point(file, index, point) for index, point in enumerate(points)], _cost_axis(file, content)
 
 
-def gather(files: list[Path]) -> tuple[metrics.Reference, dict[str, list[Point]], list[dict[str, str]]]:
-    """The split's anchors, the points of every method and the files skipped.
+def gather(files: list[Path]) -> tuple[metrics.Reference, dict[str, list[Point]], list[dict[str, str]], CostAxis]:
+    """The split's anchors, the points of every method, the files skipped and the cost model.
 
-    Unusable files are named on stderr and skipped.
+    Unusable files are named on stderr and skipped. The weak anchor's cost is the weak-only point's
+    ``strong_tokens_per_query`` (0 in strong tokens; positive under a cost model that charges the weak model).
 
     :param files: results.json files.
-    :return: ``(reference, {method: points}, [{"file", "reason"}])``; each point gets a ``source`` field.
-    :raises ReportError: If no usable file has both anchors and a method point, if the anchors of two
-        files disagree, or if weak-only and strong-only are equally accurate (PGR undefined).
+    :return: ``(reference, {method: points}, [{"file", "reason"}], cost axis)``; each point gets a ``source`` field.
+    :raises ReportError: If no usable file has both anchors and a method point, if the anchors or cost
+        models of two files disagree, if weak-only costs as much as strong-only, or if weak-only and
+        strong-only are equally accurate (PGR undefined).
     """
     anchors: dict[str, tuple[Path, Point]] = {}
     methods: dict[str, list[Point]] = defaultdict(list)
     skipped: list[dict[str, str]] = []
+    cost_axes: dict[CostAxis, Path] = {}
     for file in files:
         try:
-            points = read_points(file)
+            points, cost_axis = read_points(file)
         except MalformedResults as error:
             warn(f"skipped {error}")
             skipped.append({"file": str(file), "reason": str(error)})
             continue
+        cost_axes.setdefault(cost_axis, file)
+        if len(cost_axes) > 1:
+            other = next(axis for axis in cost_axes if axis != cost_axis)
+            raise ReportError(
+                f"{file}: measured with cost={cost_axis.name}, {cost_axes[other]} with cost={other.name}; "
+                "costs in different units cannot share one frontier, report them separately"
+            )
         for point in points:
             name = point["policy"]
             if name not in ANCHORS:
@@ -221,14 +285,21 @@ def gather(files: list[Path]) -> tuple[metrics.Reference, dict[str, list[Point]]
                           f"({len(skipped)} skipped); cannot normalise costs")
     if not methods:
         raise ReportError(f"no method points (only anchors) in the {len(files) - len(skipped)} usable results files")
+    (weak_file, weak), (strong_file, strong) = anchors["weak-only"], anchors["strong-only"]
+    if weak["strong_tokens_per_query"] >= strong["strong_tokens_per_query"]:
+        raise ReportError(
+            f"{weak_file}: weak-only strong_tokens_per_query {weak['strong_tokens_per_query']} is not below strong-only's "
+            f"{strong['strong_tokens_per_query']} ({strong_file}); the weak anchor must cost less than strong-only (c_w < 1)"
+        )
     reference = metrics.Reference(
-        weak_accuracy=anchors["weak-only"][1]["accuracy"],
-        strong_accuracy=anchors["strong-only"][1]["accuracy"],
-        strong_tokens_per_query=anchors["strong-only"][1]["strong_tokens_per_query"],
+        weak_accuracy=weak["accuracy"],
+        strong_accuracy=strong["accuracy"],
+        strong_tokens_per_query=strong["strong_tokens_per_query"],
+        weak_strong_tokens_per_query=weak["strong_tokens_per_query"],
     )
     if reference.strong_accuracy == reference.weak_accuracy:
         raise ReportError(f"weak-only and strong-only are both {reference.weak_accuracy} accurate; PGR is undefined")
-    return reference, dict(methods), skipped
+    return reference, dict(methods), skipped, next(iter(cost_axes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,25 +358,25 @@ def _costs_and_pgrs(points: list[Point], reference: metrics.Reference) -> tuple[
 
 
 def measured_range(points: list[Point], reference: metrics.Reference) -> tuple[float, float] | None:
-    """The cost range ΔIBC is measured on: [cheapest point with c > 0, most expensive point].
+    """The cost range ΔIBC is measured on: [cheapest point with c > c_w, most expensive point].
 
     :param points: One seed's points of one method.
-    :param reference: The split's anchors.
-    :return: ``None`` if no point costs anything (ΔIBC is undefined at c = 0).
+    :param reference: The split's anchors (c_w: the weak anchor's normalized cost, 0 in strong tokens).
+    :return: ``None`` if no point costs more than weak-only (ΔIBC is undefined at c ≤ c_w).
     """
     costs, _ = _costs_and_pgrs(points, reference)
-    positive = costs[costs > 0.0]
+    positive = costs[costs > reference.weak_normalized_cost]
     return (float(positive.min()), float(costs.max())) if positive.size else None
 
 
 def common_cost_range(methods: dict[str, list[Point]], reference: metrics.Reference) -> tuple[float, float] | None:
     """The intersection of the measured ranges of every seed of every non-oracle method.
 
-    Methods with no point at c > 0 have no measured range and do not take part.
+    Methods with no point at c > c_w have no measured range and do not take part.
 
     :param methods: Points per method.
     :param reference: The split's anchors.
-    :return: ``(a, b)`` with ``0 < a <= b``, or ``None`` if the ranges do not overlap or none exists.
+    :return: ``(a, b)`` with ``c_w < a <= b``, or ``None`` if the ranges do not overlap or none exists.
     """
     ranges = [
         measured
@@ -330,8 +401,9 @@ def summarize_seed(points: list[Point], reference: metrics.Reference, ibc_range:
     own_costs, own_pgrs = _costs_and_pgrs(points, reference)
     best = int(metrics.pareto_points(own_costs, own_pgrs)[-1])
     best_point = {"max_pgr": float(own_pgrs[best]), "at_cost": float(own_costs[best])}
-    # The weak-only anchor (c = 0, PGR = 0) is always available; strong-only is deliberately left out.
-    costs, pgrs = np.concatenate(([0.0], own_costs)), np.concatenate(([0.0], own_pgrs))
+    # The weak-only anchor (c_w, PGR = 0) is always available; strong-only is deliberately left out.
+    weak_cost = reference.weak_normalized_cost
+    costs, pgrs = np.concatenate(([weak_cost], own_costs)), np.concatenate(([0.0], own_pgrs))
     summary: dict[str, Any] = {"n_points": len(points), "best_point": best_point}
     for key, target in CPT_TARGETS.items():
         value = metrics.cpt(costs, pgrs, target)
@@ -342,7 +414,7 @@ def summarize_seed(points: list[Point], reference: metrics.Reference, ibc_range:
     if ibc_range is None:
         summary["mean_delta_ibc"], summary["covers_delta_ibc_range"] = None, False
     else:
-        summary["mean_delta_ibc"] = metrics.mean_envelope_delta_ibc(costs, pgrs, *ibc_range)
+        summary["mean_delta_ibc"] = metrics.mean_envelope_delta_ibc(costs, pgrs, *ibc_range, weak_cost=weak_cost)
         summary["covers_delta_ibc_range"] = measured is not None and measured[0] <= ibc_range[0] and measured[1] >= ibc_range[1]
     return summary
 
@@ -506,7 +578,7 @@ def _draw_method(
     if banded:
         axis.fill_between(costs[order], (accuracy - spread)[order], (accuracy + spread)[order], color=color, alpha=0.15, linewidth=0)
     axis.plot(costs, accuracy, "o", color=color, alpha=0.6, markersize=3.5)
-    envelope_costs = np.concatenate(([0.0], costs))
+    envelope_costs = np.concatenate(([reference.weak_normalized_cost], costs))
     envelope_accuracy = np.concatenate(([reference.weak_accuracy], accuracy))
     pareto = metrics.pareto_points(envelope_costs, envelope_accuracy)
     axis.plot(envelope_costs[pareto], envelope_accuracy[pareto], "-", color=color, linewidth=1.6, label=name)
@@ -520,20 +592,21 @@ def _draw_method(
 
 
 def _draw_anchors(axis: Axes, reference: metrics.Reference) -> None:
-    """The split's weak-only and strong-only points and the straight line between them."""
-    axis.plot([0], [reference.weak_accuracy], "k*", markersize=12, label="weak-only (simulated)")
+    """The split's weak-only (at c_w) and strong-only (at 1) points and the straight line between them."""
+    weak_cost = reference.weak_normalized_cost
+    axis.plot([weak_cost], [reference.weak_accuracy], "k*", markersize=12, label="weak-only (simulated)")
     axis.plot([1], [reference.strong_accuracy], "r*", markersize=12, label="strong-only (simulated)")
-    axis.plot([0, 1], [reference.weak_accuracy, reference.strong_accuracy], "k:", linewidth=0.8, label="weak→strong line (ΔIBC = 0)")
+    axis.plot([weak_cost, 1], [reference.weak_accuracy, reference.strong_accuracy], "k:", linewidth=0.8, label="weak→strong line (ΔIBC = 0)")
 
 
-def _finish_panel(axis: Axes, title: str, max_cost: float, band: bool) -> None:
+def _finish_panel(axis: Axes, title: str, max_cost: float, band: bool, cost_label: str) -> None:
     """Legend (with one entry for the seed bands, if any), axis labels with the cost unit, title and limits."""
     handles, labels = axis.get_legend_handles_labels()
     if band:
         handles.append(Patch(color="grey", alpha=0.3))
         labels.append("accuracy mean ± SD over seeds (ddof = 1)")
     axis.legend(handles, labels, fontsize=7, loc="lower right")
-    axis.set_xlabel(COST_LABEL)
+    axis.set_xlabel(cost_label)
     axis.set_ylabel("accuracy")
     axis.set_title(title, fontsize=10)
     axis.set_xlim(-0.02, max(1.02, max_cost + 0.02))
@@ -546,14 +619,16 @@ def draw_figure(
     title: str,
     ibc_range: tuple[float, float] | None,
     real: dict[str, Any] | None = None,
+    cost_label: str = COST_LABEL,
 ) -> tuple[Figure, dict[str, list[str]]]:
     """The frontier figure: a main panel with every method but the oracle, and an oracle panel if there is one.
 
     :param methods: Points per method.
-    :param reference: The split's anchors.
+    :param reference: The split's anchors (the weak anchor is drawn at c_w).
     :param title: Figure title.
     :param ibc_range: The common ΔIBC cost range, shaded in the main panel.
     :param real: A :func:`load_real_reference` overlay for the main panel, or ``None``.
+    :param cost_label: The x axis (:attr:`CostAxis.label`).
     :return: ``(figure, {"main": [...], "oracle": [...]})``, the methods drawn in each panel.
     """
     panels = {"main": sorted(name for name in methods if name != ORACLE), "oracle": [ORACLE] if ORACLE in methods else []}
@@ -583,13 +658,13 @@ def draw_figure(
         main_axis.plot([0, 1], [real["weak_accuracy"], real["strong_accuracy"]], "*", color="black", markerfacecolor="none", markersize=13,
                        linestyle="none", label="real weak-only / strong-only (authors' release)")
         main_title += " + real TRIM-Thr overlay (real)"
-    _finish_panel(main_axis, main_title, max_cost, band)
+    _finish_panel(main_axis, main_title, max_cost, band, cost_label)
     if panels["oracle"]:
         oracle_axis = axes[0][1]
         oracle_band, _ = _draw_method(oracle_axis, ORACLE, methods[ORACLE], reference, "tab:purple", INTERPOLATION_LABEL)
         _draw_anchors(oracle_axis, reference)
         oracle_cost = max(metrics.normalized_cost(p["strong_tokens_per_query"], reference) for p in methods[ORACLE])
-        _finish_panel(oracle_axis, "hindsight oracle (sees outcomes: an upper bound, simulated)", oracle_cost, oracle_band)
+        _finish_panel(oracle_axis, "hindsight oracle (sees outcomes: an upper bound, simulated)", oracle_cost, oracle_band, cost_label)
     figure.suptitle(title)
     figure.tight_layout()
     return figure, panels
@@ -630,8 +705,13 @@ def format_markdown(
     baseline: str,
     real: dict[str, Any] | None,
     skipped: list[dict[str, str]],
+    cost: CostAxis,
+    below_weak: int,
 ) -> str:
     """The report: what is simulated and what is real, the rules, the method table and the matched-cost tables.
+
+    In strong tokens with a free weak anchor the text is the one every earlier report had; otherwise it
+    names the cost model and unit, gives c_w and the rules with it.
 
     :param summaries: :func:`summarize_method` per method.
     :param reference: The split's anchors.
@@ -640,7 +720,28 @@ def format_markdown(
     :param baseline: The baseline's name.
     :param real: The real overlay, or ``None``.
     :param skipped: Files skipped, with the reason.
+    :param cost: The results' cost model.
+    :param below_weak: How many method points cost less than weak-only (c < c_w).
     """
+    weak_cost = reference.weak_normalized_cost
+    if cost.name == DEFAULT_COST_MODEL and weak_cost == 0.0:
+        anchor_line = (
+            f"Anchors: weak-only accuracy {reference.weak_accuracy:.3f}, strong-only accuracy {reference.strong_accuracy:.3f} "
+            f"at {reference.strong_tokens_per_query:.1f} strong tokens/query. Cost: {COST_LABEL}."
+        )
+    else:
+        anchor_line = (
+            f"Anchors: weak-only accuracy {reference.weak_accuracy:.3f} at {reference.weak_strong_tokens_per_query:.4g}/query "
+            f"(c_w = {weak_cost:.3f}), strong-only accuracy {reference.strong_accuracy:.3f} at "
+            f"{reference.strong_tokens_per_query:.4g}/query, as the results record them under cost={cost.name} "
+            f"(natural unit: {cost.natural_unit}). Cost: {cost.label}."
+        )
+    if weak_cost == 0.0:
+        weak_anchor, ibc_formula, above_weak, line_apgr = "c = 0", "PGR_env(c)/c − 1", "c > 0", ""
+    else:
+        weak_anchor = f"c = c_w = {weak_cost:.3f}"
+        ibc_formula, above_weak = "PGR_env(c)·(1 − c_w)/(c − c_w) − 1", "c > c_w"
+        line_apgr = f" APGR counts nothing below c_w: the straight weak→strong line scores (1 − c_w)/2 = {(1.0 - weak_cost) / 2:.3f}."
     lines = ["All methods in this report were measured on simulated rollout trees: they are simulated, not real model results."]
     if real is not None:
         lines.append(
@@ -649,21 +750,26 @@ def format_markdown(
         )
     lines += [
         "",
-        (
-            f"Anchors: weak-only accuracy {reference.weak_accuracy:.3f}, strong-only accuracy {reference.strong_accuracy:.3f} "
-            f"at {reference.strong_tokens_per_query:.1f} strong tokens/query. Cost: {COST_LABEL}."
-        ),
+        anchor_line,
         "",
         (
-            "Rules: CPT and APGR come from each method's own points plus the weak-only anchor (c = 0, PGR 0), never the "
+            f"Rules: CPT and APGR come from each method's own points plus the weak-only anchor ({weak_anchor}, PGR 0), never the "
             "strong-only anchor; beyond a method's most expensive point its envelope stays flat. Seeds: mean ± SD over seeds "
-            "(ddof = 1); a CPT counts as reached only if every seed reaches it. Mean ΔIBC: mean of PGR_env(c)/c − 1 over the "
-            "intersection of every non-oracle seed's measured range [cheapest point with c > 0, most expensive point]; "
+            f"(ddof = 1); a CPT counts as reached only if every seed reaches it. Mean ΔIBC: mean of {ibc_formula} over the "
+            f"intersection of every non-oracle seed's measured range [cheapest point with {above_weak}, most expensive point]; "
             "† = the method's own points do not cover that range. In the figure, dashed lines to strong-only are "
-            "interpolation, not measurements."
+            f"interpolation, not measurements.{line_apgr}"
         ),
         "",
     ]
+    if below_weak:
+        lines += [
+            (
+                f"{below_weak} method point(s) cost less than weak-only (c < c_w): kept as measured, so an envelope may "
+                "start below c_w; ΔIBC is undefined there."
+            ),
+            "",
+        ]
     ibc_header = f"mean ΔIBC, c ∈ {_range(ibc_range)}" if ibc_range is not None else "mean ΔIBC (no common c range)"
     lines += [
         f"| method | points | seeds | measured c | CPT(50%) | CPT(80%) | CPT(95%) | APGR | {ibc_header} |",
@@ -755,7 +861,12 @@ def build_report(
     files = find_results(paths)
     if not files:
         raise ReportError(f"no results.json under {paths}")
-    reference, methods, skipped = gather(files)
+    reference, methods, skipped, cost = gather(files)
+    if real_reference is not None and cost.name != DEFAULT_COST_MODEL:
+        raise ReportError(
+            f"real_reference: the real overlay counts strong tokens, these results cost={cost.name} ({cost.natural_unit}); "
+            "drop real_reference or report results measured in strong tokens"
+        )
     real = load_real_reference(real_reference) if real_reference is not None else None
     summaries, ibc_range = summarize_methods(methods, reference)
     matched = {}
@@ -763,11 +874,16 @@ def build_report(
         for name, points in methods.items():
             if name != baseline:
                 matched[name] = accuracy_at_matched_cost(mean_over_seeds(points, reference), methods[baseline], reference, baseline)
-    figure, panels = draw_figure(methods, reference, title, ibc_range, real)
-    report = format_markdown(summaries, reference, ibc_range, matched, baseline, real, skipped)
+    figure, panels = draw_figure(methods, reference, title, ibc_range, real, cost.label)
+    below_weak = sum(
+        metrics.normalized_cost(p["strong_tokens_per_query"], reference) < reference.weak_normalized_cost
+        for points in methods.values()
+        for p in points
+    )
+    report = format_markdown(summaries, reference, ibc_range, matched, baseline, real, skipped, cost, below_weak)
     content = {
         "simulated": "every method below was measured on simulated rollout trees",
-        "cost_unit": COST_LABEL,
+        "cost_unit": cost.label,
         "reference": reference.__dict__,
         "delta_ibc_range": ibc_range,
         "methods": summaries,
