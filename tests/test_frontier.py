@@ -206,8 +206,13 @@ def test_gathers_run_dirs_multirun_dirs_and_files_together(tmp_path: Path) -> No
         ('{"points": [{"policy": "thr", "accuracy": "0.5", "strong_tokens_per_query": 1}]}', "field 'accuracy' is '0.5'"),
         ('{"points": [{"policy": "thr", "accuracy": 0.5, "strong_tokens_per_query": -1}]}', "field 'strong_tokens_per_query' is -1"),
         ('[1, 2]', "field 'points' is missing, empty or not a list"),
+        ('{"config": {"cost": {"name": "dollars"}}, "points": [{"policy": "thr", "accuracy": 0.5, "strong_tokens_per_query": 1}]}',
+         "field 'config.cost' is not a valid cost model (cost.name = 'dollars' is not a cost model"),
+        ('{"config": {"cost": "price"}, "points": [{"policy": "thr", "accuracy": 0.5, "strong_tokens_per_query": 1}]}',
+         "field 'config.cost' is 'price', expected a cost model's settings"),
     ],
-    ids=["half_written", "no_points", "missing_accuracy", "accuracy_not_a_number", "negative_tokens", "not_an_object"],
+    ids=["half_written", "no_points", "missing_accuracy", "accuracy_not_a_number", "negative_tokens", "not_an_object",
+         "unknown_cost_model", "cost_not_a_mapping"],
 )
 def test_an_unusable_results_file_is_named_on_stderr_and_skipped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
@@ -488,3 +493,95 @@ def test_run_frontier_trains_a_conditioned_policy_once_per_seed(tmp_path, monkey
     ((name, command),) = commands
     assert name == "agg_conditioned seeds" and "seed=0,1" in command and "policy=agg_conditioned" in command
     assert not any(argument.startswith("lambda=") for argument in command)  # its λ grid is its test points, not a sweep
+
+
+# ----------------------------------------------------------------------------------------------
+# A weak anchor that costs something (c_w > 0, as under cost=price, flops or latency)
+
+PRICED_WEAK_COST = 0.2  # weak-only costs a fifth of strong-only
+PRICED_REFERENCE = metrics.Reference(WEAK, STRONG, STRONG_TOKENS, weak_strong_tokens_per_query=STRONG_TOKENS * PRICED_WEAK_COST)
+# As (c, PGR): a (0.4, 0.5), (0.6, 0.9); b (0.3, 0.2), (0.8, 0.95).
+PRICED = [point("a", 0.4, 0.5, parameter=1.0), point("a", 0.6, 0.9, parameter=2.0),
+          point("b", 0.3, 0.2, parameter=1.0), point("b", 0.8, 0.95, parameter=2.0)]
+
+
+def write_priced_results(directory: Path, points: list[dict[str, Any]], cost: dict[str, Any] | None = None) -> Path:
+    """A results.json measured under ``cost`` (default cost=price) whose weak-only point sits at c_w = 0.2."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    anchors = [point("weak-only", PRICED_WEAK_COST, 0.0, parameter=None), point("strong-only", 1.0, 1.0, parameter=None)]
+    path.write_text(json.dumps({"config": {"cost": cost or {"name": "price"}}, "points": anchors + points}))
+    return path
+
+
+def test_every_metric_of_the_report_starts_from_the_priced_weak_anchor(tmp_path: Path) -> None:
+    markdown, report = run_report(tmp_path, str(write_priced_results(tmp_path / "run", PRICED)))
+    assert report["reference"]["weak_strong_tokens_per_query"] == pytest.approx(100.0)
+    a = report["methods"]["a"]
+    # Nothing below c_w; then (0.2, 0) → (0.4, 0.5) → (0.6, 0.9), flat to c = 1.
+    assert a["apgr"]["value"] == pytest.approx(0.2 * 0.5 / 2 + 0.2 * (0.5 + 0.9) / 2 + 0.4 * 0.9)
+    assert a["cpt50"]["value"] == pytest.approx(0.4) and a["cpt80"]["value"] == pytest.approx(0.4 + 0.2 * 0.3 / 0.4)
+    # Measured ranges a [0.4, 0.6], b [0.3, 0.8]; on it a's ΔIBC = 0.8·PGR/(c − 0.2) − 1 = 0.08/(c − 0.2) + 0.6.
+    assert report["delta_ibc_range"] == pytest.approx([0.4, 0.6])
+    assert a["mean_delta_ibc"]["value"] == pytest.approx(0.6 + 0.4 * math.log(2.0))
+    b_costs, b_pgrs = [0.2, 0.3, 0.8], [0.0, 0.2, 0.95]
+    expected_b = metrics.mean_envelope_delta_ibc(b_costs, b_pgrs, 0.4, 0.6, weak_cost=0.2)
+    assert report["methods"]["b"]["mean_delta_ibc"]["value"] == pytest.approx(expected_b)
+    assert report["cost_unit"] == "c(π) = cost / strong-only cost (cost=price, USD)"
+    assert "under cost=price (natural unit: USD)" in markdown and "(c_w = 0.200)" in markdown
+    assert "weak-only anchor (c = c_w = 0.200, PGR 0)" in markdown and "PGR_env(c)·(1 − c_w)/(c − c_w) − 1" in markdown
+    assert "the straight weak→strong line scores (1 − c_w)/2 = 0.400" in markdown
+    assert "strong tokens/query" not in markdown and "cost less than weak-only" not in markdown
+
+
+def test_the_figure_draws_the_weak_anchor_and_every_envelope_from_c_w() -> None:
+    figure, _ = frontier.draw_figure({"a": PRICED[:2]}, PRICED_REFERENCE, "title", None, None, "cost axis")
+    try:
+        axis = figure.axes[0]
+        lines = {line.get_label(): line for line in axis.get_lines()}
+        np.testing.assert_allclose(lines["weak-only (simulated)"].get_xdata(), [0.2])
+        np.testing.assert_allclose(lines["weak→strong line (ΔIBC = 0)"].get_xdata(), [0.2, 1.0])
+        np.testing.assert_allclose(lines["a"].get_xdata(), [0.2, 0.4, 0.6])
+        assert axis.get_xlabel() == "cost axis"
+    finally:
+        plt.close(figure)
+
+
+def test_a_point_cheaper_than_weak_only_is_kept_and_counted(tmp_path: Path) -> None:
+    points = [point("a", 0.1, 0.3, parameter=1.0), point("a", 0.6, 0.9, parameter=2.0)]
+    markdown, report = run_report(tmp_path, str(write_priced_results(tmp_path / "run", points)))
+    # (0.1, 0.3) dominates weak-only (0.2, 0): the envelope starts there.
+    assert report["methods"]["a"]["apgr"]["value"] == pytest.approx(0.5 * (0.3 + 0.9) / 2 + 0.4 * 0.9)
+    assert report["methods"]["a"]["cpt50"]["value"] == pytest.approx(0.1 + 0.5 * 0.2 / 0.6)
+    # ΔIBC is undefined at c ≤ c_w, so only the point above it measures a range.
+    assert report["delta_ibc_range"] == pytest.approx([0.6, 0.6])
+    assert "1 method point(s) cost less than weak-only (c < c_w): kept as measured" in markdown
+
+
+def test_a_weak_only_point_without_a_cost_costs_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    weak = {"policy": "weak-only", "accuracy": WEAK}
+    path.write_text(json.dumps({"config": {}, "points": [weak, point("strong-only", 1.0, 1.0)] + SHORT}))
+    _, report = run_report(tmp_path, str(path))
+    assert report["reference"]["weak_strong_tokens_per_query"] == 0.0
+    assert report["methods"]["short"]["apgr"]["value"] == pytest.approx(0.2 * 0.5 / 2 + 0.3 * (0.5 + 0.7) / 2 + 0.5 * 0.7)
+
+
+def test_a_weak_only_point_as_dear_as_strong_only_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"points": [point("weak-only", 1.0, 0.0), point("strong-only", 1.0, 1.0)] + SHORT}))
+    with pytest.raises(SystemExit, match=r"weak-only strong_tokens_per_query 500.0 is not below strong-only's 500.0 .*c_w < 1"):
+        frontier.write_report([str(path)], tmp_path / "report")
+
+
+def test_results_of_different_cost_models_are_not_mixed(tmp_path: Path) -> None:
+    tokens = write_results(tmp_path / "tokens", SHORT)
+    priced = write_priced_results(tmp_path / "priced", PRICED)
+    with pytest.raises(SystemExit, match="cost=price, .* with cost=strong_tokens; costs in different units cannot share one frontier"):
+        frontier.write_report([str(tokens), str(priced)], tmp_path / "report")
+
+
+def test_the_real_overlay_is_refused_over_results_in_another_unit(tmp_path: Path) -> None:
+    priced = write_priced_results(tmp_path / "priced", PRICED, {"name": "latency"})
+    with pytest.raises(SystemExit, match=r"the real overlay counts strong tokens, these results cost=latency \(s\)"):
+        frontier.write_report([str(priced)], tmp_path / "report", real_reference="packaged")
