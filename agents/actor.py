@@ -200,6 +200,7 @@ class ActorRouter(Router):
 
     kind = "actor"
     Settings = ActorSettings
+    supports_cost_models = True
     config_groups: ClassVar[dict[str, type]] = {"ppo": PPOSettings}
 
     def __init__(self, network: ActorNetwork, observation: str, config: dict[str, Any] | None = None, sb3_model: Any = None,
@@ -247,7 +248,7 @@ class ActorRouter(Router):
                               data.lam, data.cost_unit_tokens, data.seed, data.progress_bar, data.log,
                               checkpoint_dir=None if data.run_dir is None else data.run_dir / CHECKPOINT_DIR,
                               resume_from=data.resume_from, run_config=data.identity(settings), tensorboard_dir=data.tensorboard_dir,
-                              lambda_range=conditioning, validation_lambdas=list(settings.sweep_lambdas))
+                              lambda_range=conditioning, validation_lambdas=list(settings.sweep_lambdas), cost_model=data.cost_model)
         observation_dim = result.observation_dim
         config = {**data.identity(settings), "ppo": asdict(ppo_settings), "kind": cls.kind, "observation": settings.observation,
                   "network": settings.network(observation_dim)}

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from trim_env.cost import CostModel, StrongTokensCost
 from trim_env.evaluation import DecisionBatch, Outcomes
 from trim_env.tree import RolloutTrees
 
@@ -73,6 +74,8 @@ class TrainingData:
         (``None``: no files, e.g. an in-memory fit).
     :param resume_from: a checkpoint to continue from (``resume=PATH``; trainers that checkpoint only).
     :param tensorboard_dir: where a trainer writes its own log as TensorBoard events (``logger=tensorboard``).
+    :param cost_model: what a step costs in the reward and the validation objective (``cost=``;
+        default strong tokens). Only kinds with ``supports_cost_models`` are fitted under another.
     """
 
     trees: RolloutTrees
@@ -88,6 +91,7 @@ class TrainingData:
     run_dir: Path | None = None
     resume_from: Path | None = None
     tensorboard_dir: Path | None = None
+    cost_model: CostModel = field(default_factory=StrongTokensCost)
 
     @property
     def data_key(self) -> str:
@@ -95,9 +99,12 @@ class TrainingData:
         return f"{self.dataset_content_hash}/{self.split}"
 
     def identity(self, settings: RouterSettings) -> dict[str, Any]:
-        """The fields every exported router records: policy, λ, cost unit, data and settings."""
+        """The fields every exported router records: policy, λ, cost unit, data and settings, and the
+        cost model it was trained under when that is not strong tokens (``cost``: ``to_dict()``;
+        routers trained in strong tokens record what they always did)."""
+        cost = {} if isinstance(self.cost_model, StrongTokensCost) else {"cost": self.cost_model.to_dict()}
         return {"policy": settings.name, "lambda": self.lam, "cost_unit_tokens": self.cost_unit_tokens,
-                "dataset_content_hash": self.dataset_content_hash, "train_split": self.split, "settings": asdict(settings)}
+                "dataset_content_hash": self.dataset_content_hash, "train_split": self.split, "settings": asdict(settings), **cost}
 
 
 @dataclass
@@ -167,6 +174,9 @@ class Router(ABC):
     #: :meth:`sweep` first learns on a training split, which entry points pass as ``training=``
     #: (the learned query-level baselines); ``False``: the sweep reads only the routed split.
     sweep_trains: ClassVar[bool] = False
+    #: Whether the kind is fitted and evaluated under any ``cost=`` model (:mod:`trim_env.cost`);
+    #: ``False``: strong tokens only (its planning or its points are not priced yet, issue #14).
+    supports_cost_models: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config: dict[str, Any] = dict(config or {})
@@ -234,3 +244,18 @@ class Router(ABC):
     def load(cls, directory: Path, config: dict[str, Any]) -> Router:
         """The router saved in ``directory``, whose checked ``config.json`` is ``config``."""
         raise ValueError(f"{directory}: {cls.__name__} routers are not saved to directories (config.json kind {config.get('kind')!r})")
+
+
+def check_cost_support(kind: type, name: str, cost_model: CostModel) -> None:
+    """Refuse a policy kind that is not wired for ``cost_model`` (any model but strong tokens), naming ``cost``.
+
+    :param kind: the policy's class from the registry (a kind without ``supports_cost_models`` supports strong tokens only).
+    :param name: the policy's name, for the message.
+    """
+    if isinstance(cost_model, StrongTokensCost) or getattr(kind, "supports_cost_models", False):
+        return
+    raise ValueError(
+        f"cost = {cost_model.name!r}: cost models other than strong_tokens are not wired yet for policy {name!r} "
+        "(issue #14: its planning cost or its points are still in strong tokens); use cost=strong_tokens, "
+        "or a policy that supports them (thr, agg, seq)"
+    )

@@ -37,7 +37,8 @@ from agents.checkpoints import CHECKPOINT_PREFIX, check_same_run, state_file
 from agents.extractors import SeqTransformerExtractor
 from agents.networks import ActorNetwork
 from trim_env import atomic
-from trim_env.evaluation import BatchPolicy, DecisionBatch, run_episodes, validation_objective
+from trim_env.cost import CostModel
+from trim_env.evaluation import BatchPolicy, DecisionBatch, priced, run_episodes, validation_objective
 from trim_env.features import LambdaRange, with_lambda
 from trim_env.tree import RolloutTrees
 from trim_env.vec_env import StepRoutingVecEnv
@@ -164,6 +165,7 @@ class ValidationCallback(EvalCallback):
         ``validation_lambdas`` and scored by the mean of those returns, so the kept checkpoint is the
         best for the frontier as a whole, not for one of its points.
     :param validation_lambdas: the λ grid of a conditioned policy's validation.
+    :param cost_model: what a step costs (the objective's cost; default strong tokens).
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class ValidationCallback(EvalCallback):
         log: Callable[[dict[str, float], int], None] | None = None,
         lambda_range: LambdaRange | None = None,
         validation_lambdas: list[float] | None = None,
+        cost_model: CostModel | None = None,
     ) -> None:
         super().__init__(eval_env, eval_freq=eval_every, deterministic=True, verbose=0, warn=False)
+        self.cost_model = cost_model
         self.lambda_range = lambda_range
         self.validation_lambdas = list(validation_lambdas or [lam])
         self.observation = observation
@@ -207,11 +211,13 @@ class ValidationCallback(EvalCallback):
         trees = routing_env(self.eval_env).trees
         per_lambda = []
         for lam in self.validation_lambdas if self.lambda_range is not None else [self.lam]:
-            outcomes = run_episodes(trees, self.decider(lam))
+            outcomes = run_episodes(trees, self.decider(lam), cost_model=self.cost_model)
             per_lambda.append((lam, {
-                "objective": validation_objective(outcomes.correct, outcomes.strong_tokens, lam, self.cost_unit_tokens),
+                "objective": validation_objective(outcomes.correct, outcomes.cost, lam, self.cost_unit_tokens),
                 "accuracy": float(outcomes.correct.mean()),
                 "strong_tokens_per_query": float(outcomes.strong_tokens.mean()),
+                # Only under a priced model, so that strong-token runs record what they always did.
+                **({"cost_per_query": float(outcomes.cost.mean())} if priced(self.cost_model) else {}),
                 "escalations_per_query": float(outcomes.escalations.mean()),
             }))
         record = {f"validation/{key}": float(np.mean([figures[key] for _, figures in per_lambda])) for key in per_lambda[0][1]}
@@ -355,11 +361,11 @@ def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
 
 def make_vec_env(
     trees: RolloutTrees, queries: np.ndarray, observation: str, lam: float, cost_unit_tokens: float, seed: int, settings: PPOSettings,
-    lambda_range: LambdaRange | None = None,
+    lambda_range: LambdaRange | None = None, cost_model: CostModel | None = None,
 ) -> VecEnv:
     """The batched env: ``n_envs`` episodes over ``queries``, env ``i`` shuffling them with seed ``seed + i``."""
     return StepRoutingVecEnv(trees, settings.n_envs, observation, lam, cost_unit_tokens, seed=seed, queries=queries,
-                             lambda_range=lambda_range)
+                             lambda_range=lambda_range, cost_model=cost_model)
 
 
 def train_router(
@@ -380,6 +386,7 @@ def train_router(
     tensorboard_dir: Path | None = None,
     lambda_range: LambdaRange | None = None,
     validation_lambdas: list[float] | None = None,
+    cost_model: CostModel | None = None,
 ) -> TrainResult:
     """Train a PPO router on ``train_queries`` of ``trees`` and return its best checkpoint.
 
@@ -403,6 +410,7 @@ def train_router(
     :param tensorboard_dir: also write SB3's own log (``train/*``, ``rollout/*``, ``time/fps``) as TensorBoard events here.
     :param lambda_range: train one λ-conditioned policy over this range (``lam`` is then only its default).
     :param validation_lambdas: a conditioned policy's checkpoint is chosen by its mean validation return over these λ.
+    :param cost_model: what a step costs in the reward and the validation objective (default strong tokens).
     """
     run_config = {**(run_config or {}), "seed": seed, "total_timesteps": total_timesteps, "train_queries": np.asarray(train_queries).tolist(),
                   "ppo": asdict(settings)}
@@ -411,7 +419,7 @@ def train_router(
         check_same_run(state["run_config"], run_config, resume_from, ignore=tuple(f"ppo.{key}" for key in RESUMABLE_CHANGES))
     set_random_seed(seed)
     torch.set_num_threads(settings.torch_threads)
-    env = VecMonitor(make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings, lambda_range))
+    env = VecMonitor(make_vec_env(trees, train_queries, spec.observation, lam, cost_unit_tokens, seed, settings, lambda_range, cost_model))
     if resume_from is None:
         model = PPO(
             "MlpPolicy",
@@ -436,9 +444,10 @@ def train_router(
         model = PPO.load(resume_from, env=env, device=settings.device, force_reset=False)
     if tensorboard_dir is not None:
         model.set_logger(configure(str(tensorboard_dir), ["tensorboard"]))
-    validation_env = VecMonitor(StepRoutingVecEnv(validation, 1, spec.observation, lam, cost_unit_tokens, seed=None, shuffle=False))
+    validation_env = VecMonitor(StepRoutingVecEnv(validation, 1, spec.observation, lam, cost_unit_tokens, seed=None, shuffle=False,
+                                                  cost_model=cost_model))
     evaluation = ValidationCallback(validation_env, spec.observation, lam, cost_unit_tokens, settings.eval_every, log,
-                                    lambda_range, validation_lambdas)
+                                    lambda_range, validation_lambdas, cost_model)
     callbacks: list[BaseCallback] = [TrainingSchedule(settings, total_timesteps, lam, lambda_range is not None), evaluation]
     checkpoints = None
     if checkpoint_dir is not None and settings.checkpoint_every > 0:

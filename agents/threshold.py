@@ -59,6 +59,7 @@ class ThresholdRouter(Router):
     kind = "threshold"
     observation_kind = "agg"
     Settings = ThresholdSettings
+    supports_cost_models = True
 
     def __init__(self, threshold: float, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
@@ -81,8 +82,8 @@ class ThresholdRouter(Router):
         """The threshold with the best validation return (no environment steps)."""
         thresholds = check_thresholds(settings.thresholds)
         scores = [
-            validation_objective(o.correct, o.strong_tokens, data.lam, data.cost_unit_tokens)
-            for o in run_thresholds(data.validation, thresholds)
+            validation_objective(o.correct, o.cost, data.lam, data.cost_unit_tokens)
+            for o in run_thresholds(data.validation, thresholds, data.cost_model)
         ]
         best = int(np.argmax(scores))
         config = {**data.identity(settings), "kind": cls.kind, "observation": "agg", "threshold": thresholds[best]}

@@ -233,20 +233,20 @@ def test_bad_settings_are_refused_naming_the_key(build: Callable[[], CostModel],
 
 @pytest.mark.parametrize("name", ["strong_tokens", "price", "flops", "latency"])
 def test_each_config_option_composes_to_its_model_with_the_dataclass_defaults(name: str) -> None:
-    model = settings_of(compose("evaluate", [f"+cost={name}"]).cost)
+    model = settings_of(compose("evaluate", [f"cost={name}"]).cost)
     assert type(model) is type(MODELS[name]) and model == type(model)()
     assert cost_model_from_dict(model.to_dict()) == model
 
 
 def test_a_bad_config_value_is_refused_naming_the_key() -> None:
     with pytest.raises(CostModelError, match="cost.weak.decode_tokens_per_s = 0.0"):
-        settings_of(compose("evaluate", ["+cost=latency", "cost.weak.decode_tokens_per_s=0"]).cost)
+        settings_of(compose("evaluate", ["cost=latency", "cost.weak.decode_tokens_per_s=0"]).cost)
     with pytest.raises(CostModelError, match=r"unknown key\(s\) \['weak_params'\]"):
         cost_model_from_dict({"name": "flops", "weak_params": 1.0})
     with pytest.raises(CostModelError, match="cost.name = 'dollars'"):
         cost_model_from_dict({"name": "dollars"})
     with pytest.raises(CostModelError, match="cost.name = 'flops' must be 'price' for PriceCost"):
-        settings_of(compose("evaluate", ["+cost=price", "cost.name=flops"]).cost)
+        settings_of(compose("evaluate", ["cost=price", "cost.name=flops"]).cost)
 
 
 def test_the_reference_presets_are_the_documented_figures() -> None:

@@ -510,7 +510,9 @@ def write_priced_results(directory: Path, points: list[dict[str, Any]], cost: di
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "results.json"
     anchors = [point("weak-only", PRICED_WEAK_COST, 0.0, parameter=None), point("strong-only", 1.0, 1.0, parameter=None)]
-    path.write_text(json.dumps({"config": {"cost": cost or {"name": "price"}}, "points": anchors + points}))
+    # Under a cost model a point's cost is its cost_per_query (trim_env.evaluation); the strong tokens are not read.
+    priced = [{**p, "cost_per_query": p["strong_tokens_per_query"], "strong_tokens_per_query": 0.0} for p in anchors + points]
+    path.write_text(json.dumps({"config": {"cost": cost or {"name": "price"}}, "points": priced}))
     return path
 
 
@@ -585,3 +587,10 @@ def test_the_real_overlay_is_refused_over_results_in_another_unit(tmp_path: Path
     priced = write_priced_results(tmp_path / "priced", PRICED, {"name": "latency"})
     with pytest.raises(SystemExit, match=r"the real overlay counts strong tokens, these results cost=latency \(s\)"):
         frontier.write_report([str(priced)], tmp_path / "report", real_reference="packaged")
+
+
+def test_a_priced_point_without_its_cost_per_query_is_skipped_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"cost": {"name": "price"}}, "points": [point("thr", 0.5, 0.5)]}))
+    with pytest.raises(frontier.MalformedResults, match=r"points\[0\] \(thr\): field 'cost_per_query' is missing, .* cost=price"):
+        frontier.read_points(path)

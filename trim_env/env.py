@@ -5,13 +5,21 @@ A weak model writes a solution step by step. After each proposed step the agent 
 - ``0`` — *continue*: accept the weak model's step (free);
 - ``1`` — *regenerate*: the strong model rewrites that step, which costs its tokens.
 
-**Reward.** Each regenerate earns ``-lam * strong_tokens / cost_unit_tokens``, where
-``strong_tokens`` is the length of the strong rewrite: cost is counted in units of
-``cost_unit_tokens`` strong tokens (default :data:`DEFAULT_COST_UNIT_TOKENS` = 10). On the
-calibrated data one more accuracy point is worth 0.0003-0.003 per strong token along the frontier,
-so with a unit of 10 tokens a lambda grid from 0.002 to 0.05 (0.01 in the middle) spans it. The step that ends the
+**Reward.** Every step written earns ``-lam * step_cost / cost_unit_tokens``, where ``step_cost``
+is :func:`trim_env.cost.step_cost` of the event under the env's ``cost_model`` (in cost units).
+Under the default :class:`~trim_env.cost.StrongTokensCost` that is the strong rewrite's length
+for a regenerate and 0 for a weak step, so a regenerate earns ``-lam * strong_tokens /
+cost_unit_tokens``: cost is counted in units of ``cost_unit_tokens`` strong tokens (default
+:data:`DEFAULT_COST_UNIT_TOKENS` = 10). On the calibrated data one more accuracy point is worth
+0.0003-0.003 per strong token along the frontier, so with a unit of 10 tokens a lambda grid from
+0.002 to 0.05 (0.01 in the middle) spans it; the other cost models' units are chosen so that the
+same grid stays in range (:mod:`trim_env.cost`). Under a model that charges weak and PRM calls
+(``price``, ``flops``, ``latency``), continue steps and the passive weak steps the env plays
+without asking cost too: a ``step`` call's reward pays every step it wrote (passive steps played
+by ``reset`` before the first decision are paid by the first ``step``). The step that ends the
 solution additionally earns ``+1`` if the final answer is correct. The undiscounted return of an
-episode is therefore ``correct - lam * (strong tokens of the episode) / cost_unit_tokens``.
+episode is therefore ``correct - lam * (cost of the episode) / cost_unit_tokens``, where the
+episode's cost is :func:`trim_env.cost.path_cost` of the node it ended at.
 
 **Decisions.** The agent is asked only at *decision nodes*: nodes that have both a weak proposal
 and a strong rewrite, so regenerate is always allowed when asked. At a node past the cap on
@@ -36,7 +44,8 @@ continues the current order. ``reset(options={"query_index": i})`` plays query `
 into ``trees``' queries) without moving the position in the order.
 
 **Info.** Every ``reset``/``step`` returns ``query_index``, ``query_id``, ``node``,
-``strong_tokens`` (cumulative over the episode), ``escalations`` (regenerates so far) and
+``strong_tokens`` (cumulative over the episode), ``cost`` (the episode's cost so far in cost
+units of the env's cost model: ``float(strong_tokens)`` under the default), ``escalations`` (regenerates so far) and
 ``step`` (steps written so far). The final step adds ``correct`` (0/1) and ``cap_reached`` (the
 episode passed through a node without a strong child). ``reset`` adds ``skipped``: a list of
 ``(query_index, correct)`` for queries without a decision node that it played and passed over.
@@ -54,6 +63,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from trim_env.cost import CostModel, StrongTokensCost, check_trees, step_cost
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, STRONG_STEP_SCALE, TOKEN_FEATURE_HIGH, TOKEN_SCALE
 from trim_env.store import GrowingTrees
 from trim_env.tree import MAX_STEPS, RolloutTrees
@@ -101,6 +111,16 @@ def check_settings(trees: Any, observation: str, lam: Any, cost_unit_tokens: Any
     return lam, cost_unit_tokens
 
 
+def check_cost_model(trees: RolloutTrees, cost_model: Any) -> CostModel:
+    """The env's cost model (default :class:`~trim_env.cost.StrongTokensCost`), checked against the trees."""
+    if cost_model is None:
+        return StrongTokensCost()
+    if not isinstance(cost_model, CostModel):
+        raise TypeError(f"cost_model must be a trim_env.cost.CostModel, got {type(cost_model).__name__}")
+    check_trees(cost_model, trees)
+    return cost_model
+
+
 def check_queries(trees: RolloutTrees, queries: Any) -> np.ndarray:
     """The query indices an env plays: all of ``trees``' by default, else validated ``queries``."""
     n = trees.num_queries
@@ -146,6 +166,8 @@ class StepRoutingEnv(gymnasium.Env):
     :param shuffle: visit queries in a seeded random permutation (else in the given order).
     :param queries: restrict the env to these query indices (e.g. a train or validation part);
         default all queries of ``trees``.
+    :param cost_model: what a step costs (:mod:`trim_env.cost`); default
+        :class:`~trim_env.cost.StrongTokensCost`, the strong rewrite's tokens.
     """
 
     metadata = {"render_modes": []}
@@ -159,9 +181,16 @@ class StepRoutingEnv(gymnasium.Env):
         seed: int | None = 0,
         shuffle: bool = True,
         queries: np.ndarray | list[int] | None = None,
+        cost_model: CostModel | None = None,
     ) -> None:
         super().__init__()
         lam, cost_unit_tokens = check_settings(trees, observation, lam, cost_unit_tokens, seed)
+        self.cost_model = check_cost_model(trees, cost_model)
+        # Under strong tokens a step's cost is its rewrite's tokens: the rewards are computed as
+        # before cost models existed, bit for bit, without pricing calls.
+        self._priced = not isinstance(self.cost_model, StrongTokensCost)
+        #: Routing events (node, child, regenerated) written since the last reward (priced models only).
+        self._events: list[tuple[int, int, bool]] = []
         self.trees = trees
         self.observation = observation
         self.lam = lam
@@ -191,6 +220,8 @@ class StepRoutingEnv(gymnasium.Env):
         self._started = False
         self._query = -1
         self._strong_tokens = 0
+        self._cost = 0.0
+        self._unpaid = 0.0
         self._escalations = 0
         self._steps = 0
         self._cap_reached = False
@@ -268,20 +299,38 @@ class StepRoutingEnv(gymnasium.Env):
             elif self._strong_child[node] >= 0:
                 return node
             self._cap_reached = True
+            if self._priced:
+                self._events.append((node, self._weak_child[node], False))
             node = self._weak_child[node]
             self._accept(node)
         return node
+
+    def _charge(self) -> None:
+        """Price the events written since the last call, in order, into the episode's cost and the unpaid cost."""
+        if not self._events:
+            return
+        nodes, children, regenerated = (np.array(column) for column in zip(*self._events))
+        self._events.clear()
+        for cost in step_cost(self.cost_model, self.trees, nodes, children, regenerated).tolist():
+            self._unpaid += cost
+            self._cost += cost
 
     def _start(self, query: int) -> int:
         """Begin an episode at ``query``'s root and play up to its first decision node (or its end)."""
         self._query = query
         self._strong_tokens = 0
+        self._cost = 0.0
+        self._unpaid = 0.0
+        self._events.clear()
         self._escalations = 0
         self._steps = 0
         self._cap_reached = False
         if self.observation == "seq":
             self._seq.fill(0.0)
-        return self._play_to_decision(self._root[query])
+        node = self._play_to_decision(self._root[query])
+        if self._priced:
+            self._charge()
+        return node
 
     def _obs(self) -> np.ndarray:
         node = self._node
@@ -312,6 +361,7 @@ class StepRoutingEnv(gymnasium.Env):
             "query_id": self.trees.query_id[query],
             "node": self._node,
             "strong_tokens": self._strong_tokens,
+            "cost": self._cost if self._priced else float(self._strong_tokens),
             "escalations": self._escalations,
             "step": self._steps,
         }
@@ -386,16 +436,24 @@ class StepRoutingEnv(gymnasium.Env):
             self._strong_tokens += tokens
             self._escalations += 1
             reward = -self._cost_per_token * tokens
+            if self._priced:
+                self._events.append((node, child, True))
         elif action in (ACTION_CONTINUE, ACTION_REGENERATE):
             # A spent source cannot rewrite the step: the weak model plays on, as past the cap.
             self._cap_reached |= action == ACTION_REGENERATE
             child = self._weak_child[node]
             reward = 0.0
+            if self._priced:
+                self._events.append((node, child, False))
         else:
             raise ValueError(f"action = {action!r} must be 0 (continue) or 1 (regenerate)")
         self._accept(child)
         node = self._play_to_decision(child)
         self._node = node
+        if self._priced:
+            self._charge()
+            reward = -self._cost_per_token * self._unpaid
+            self._unpaid = 0.0
         info = self._info()
         if self._terminal[node]:
             correct = self._correct[node]

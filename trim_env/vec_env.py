@@ -11,8 +11,13 @@ observations, rewards, dones and episode infos as ``DummyVecEnv`` over ``n_envs`
 SB3's ``VecEnv.seed``), which a test checks step for step. Env ``i`` walks its own seeded
 permutation of the queries, cyclically.
 
+**Cost.** As in the single env, every step written is priced by the env's ``cost_model``
+(:func:`trim_env.cost.step_cost`, cost units), passive weak steps included, and each ``step``'s
+reward pays ``λ · cost / cost_unit_tokens`` for the steps it wrote; under the default
+:class:`~trim_env.cost.StrongTokensCost` only regenerates cost (their tokens).
+
 **Infos.** Only a finished episode's info is filled: ``query_index``, ``query_id``,
-``strong_tokens``, ``escalations``, ``step``, ``correct``, ``cap_reached``,
+``strong_tokens``, ``cost`` (the episode's, in cost units), ``escalations``, ``step``, ``correct``, ``cap_reached``,
 ``terminal_observation`` and ``TimeLimit.truncated`` (always False); the other envs' infos are
 empty, which is all SB3 reads. As in SB3's ``DummyVecEnv``, the automatic reset's info
 (``skipped``: queries without a decision node passed over, frozen trees only) goes to
@@ -32,7 +37,8 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
-from trim_env.env import DEFAULT_COST_UNIT_TOKENS, StepRoutingEnv, check_queries, check_settings
+from trim_env.cost import CostModel, StrongTokensCost, step_cost
+from trim_env.env import DEFAULT_COST_UNIT_TOKENS, StepRoutingEnv, check_cost_model, check_queries, check_settings
 from trim_env.features import SEQ_CHANNELS, TOKEN_FEATURE_HIGH, TOKEN_SCALE, LambdaRange, agg_features, with_lambda
 from trim_env.tree import MAX_STEPS, RolloutTrees
 
@@ -50,6 +56,7 @@ class StepRoutingVecEnv(VecEnv):
     :param queries: the query indices to play (default: all of ``trees``).
     :param lambda_range: draw each episode's λ from this range and show it in the observation
         (Agg only); ``lam`` is then unused.
+    :param cost_model: what a step costs (:mod:`trim_env.cost`); default strong tokens.
     """
 
     def __init__(
@@ -63,8 +70,12 @@ class StepRoutingVecEnv(VecEnv):
         shuffle: bool = True,
         queries: np.ndarray | list[int] | None = None,
         lambda_range: LambdaRange | None = None,
+        cost_model: CostModel | None = None,
     ) -> None:
         self.lam, self.cost_unit_tokens = check_settings(trees, observation, lam, cost_unit_tokens, seed)
+        self.cost_model = check_cost_model(trees, cost_model)
+        # Under strong tokens the rewards are computed as before cost models existed, bit for bit.
+        self._priced = not isinstance(self.cost_model, StrongTokensCost)
         if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
             raise ValueError(f"n_envs = {n_envs!r} must be a positive integer")
         self.trees = trees
@@ -94,6 +105,9 @@ class StepRoutingVecEnv(VecEnv):
         self._query = np.zeros(n, dtype=np.int64)
         self._steps = np.zeros(n, dtype=np.int64)
         self._strong_tokens = np.zeros(n, dtype=np.int64)
+        #: Each episode's cost so far and the part of it no reward has paid yet (cost units; priced models).
+        self._cost = np.zeros(n, dtype=np.float64)
+        self._unpaid = np.zeros(n, dtype=np.float64)
         self._escalations = np.zeros(n, dtype=np.int64)
         self._cap_reached = np.zeros(n, dtype=bool)
         self._seq = np.zeros((n, MAX_STEPS, len(SEQ_CHANNELS)), dtype=np.float32)
@@ -140,8 +154,16 @@ class StepRoutingVecEnv(VecEnv):
             if not passive.any():
                 return node
             self._cap_reached[envs[passive]] = True
+            if self._priced:
+                self._charge(envs[passive], node[passive], trees.weak_child[node[passive]], np.zeros(int(passive.sum()), dtype=bool))
             node[passive] = trees.weak_child[node[passive]]
             self._accept(envs[passive], node[passive])
+
+    def _charge(self, envs: np.ndarray, nodes: np.ndarray, children: np.ndarray, regenerated: np.ndarray) -> None:
+        """Add the cost of one step per env of ``envs`` to its episode's cost and its unpaid cost."""
+        cost = step_cost(self.cost_model, self.trees, nodes, children, regenerated)
+        self._cost[envs] += cost
+        self._unpaid[envs] += cost
 
     def _start(self, envs: np.ndarray) -> list[list[tuple[int, int]]]:
         """Begin the next query's episode in each of ``envs``; returns the queries skipped per env."""
@@ -154,6 +176,8 @@ class StepRoutingVecEnv(VecEnv):
             self._query[at] = queries
             self._steps[at] = 0
             self._strong_tokens[at] = 0
+            self._cost[at] = 0.0
+            self._unpaid[at] = 0.0
             self._escalations[at] = 0
             self._cap_reached[at] = False
             self._seq[at] = 0.0
@@ -230,12 +254,21 @@ class StepRoutingVecEnv(VecEnv):
         self._cap_reached |= regenerate & ~take
         child = np.where(take, strong, trees.weak_child[node])
         strong_tokens = np.where(take, trees.step_tokens[child], 0)
-        rewards = (-self._cost_per_token * strong_tokens).astype(np.float32)
         self._strong_tokens += strong_tokens
         self._escalations += take
+        if self._priced:
+            self._charge(envs, node, child, take)
         self._accept(envs, child)
         node = self._play_to_decision(envs, child.astype(np.int64))
         self._node = node
+        rewards: np.ndarray
+        if self._priced:
+            # float64 until the correct answer's +1 is added, as the single env's reward: a step's cost
+            # can exceed 1 under a priced model, and float32 would lose its digits against the +1.
+            rewards = -self._cost_per_token * self._unpaid
+            self._unpaid[:] = 0.0
+        else:
+            rewards = (-self._cost_per_token * strong_tokens).astype(np.float32)
         dones = trees.terminal[node].copy()
         infos: list[dict[str, Any]] = [{} for _ in envs]
         finished = np.flatnonzero(dones)
@@ -253,6 +286,7 @@ class StepRoutingVecEnv(VecEnv):
                     "query_index": query,
                     "query_id": trees.query_id[query],
                     "strong_tokens": int(self._strong_tokens[env]),
+                    "cost": float(self._cost[env]) if self._priced else float(self._strong_tokens[env]),
                     "escalations": int(self._escalations[env]),
                     "step": int(self._steps[env]),
                     "correct": int(correct[row]),
@@ -264,7 +298,7 @@ class StepRoutingVecEnv(VecEnv):
                     infos[env]["lambda"] = float(self._lam[env])
             for env, queries in zip(finished, self._start(finished)):
                 self.reset_infos[env] = {"skipped": queries}
-        return self._observations(), rewards, dones, infos
+        return self._observations(), rewards.astype(np.float32, copy=False), dones, infos
 
     def close(self) -> None:
         """Persist what the trees grew (nothing else to release)."""
@@ -310,6 +344,8 @@ class StepRoutingVecEnv(VecEnv):
             "paths": [trees.step_is_strong[trees.path(int(node))].astype(bool).tolist() for node in self._node],
             "steps": self._steps.copy(),
             "strong_tokens": self._strong_tokens.copy(),
+            "cost": self._cost.copy(),
+            "unpaid_cost": self._unpaid.copy(),
             "escalations": self._escalations.copy(),
             "cap_reached": self._cap_reached.copy(),
             "seq": self._seq.copy(),
@@ -363,6 +399,9 @@ class StepRoutingVecEnv(VecEnv):
         self._node = nodes
         self._steps = np.array(state["steps"], dtype=np.int64)
         self._strong_tokens = np.array(state["strong_tokens"], dtype=np.int64)
+        # A state saved before cost models were wired has none: its episodes were priced in strong tokens.
+        self._cost = np.array(state.get("cost", self._strong_tokens), dtype=np.float64)
+        self._unpaid = np.array(state.get("unpaid_cost", np.zeros(self.num_envs)), dtype=np.float64)
         self._escalations = np.array(state["escalations"], dtype=np.int64)
         self._cap_reached = np.array(state["cap_reached"], dtype=bool)
         self._seq = np.array(state["seq"], dtype=np.float32)

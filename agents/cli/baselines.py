@@ -25,10 +25,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from agents.base import PolicyKind, RouterSettings
+from agents.base import PolicyKind, RouterSettings, check_cost_support
 from agents.cli import config_dir
 from agents.cli.common import (
     read_bool,
+    read_cost_model,
     read_int,
     read_simulated_selection,
     register_schemas,
@@ -37,7 +38,7 @@ from agents.cli.common import (
 )
 from agents.registry import registry
 from trim_env.data import load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, write_results
+from trim_env.evaluation import anchor_points, make_point, reference, results_config, with_path_cost, write_results
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import RolloutTrees
 
@@ -56,7 +57,11 @@ def baseline_kinds(cfg: DictConfig) -> list[tuple[type[PolicyKind], RouterSettin
     unknown = sorted(set(methods) - set(composed))
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {composed} (conf/baselines.yaml composes each as policy@<name>: <name>)")
-    return [(registry().policy(str(cfg[name].name)), settings_of(cfg[name]).check()) for name in methods]
+    kinds = [(registry().policy(str(cfg[name].name)), settings_of(cfg[name]).check()) for name in methods]
+    cost_model = read_cost_model(cfg)
+    for name, (kind, _) in zip(methods, kinds):
+        check_cost_support(kind, name, cost_model)
+    return kinds
 
 
 def baseline_points(trees: RolloutTrees, cfg: DictConfig, training: Callable[[], RolloutTrees]) -> list[dict[str, Any]]:
@@ -66,12 +71,14 @@ def baseline_points(trees: RolloutTrees, cfg: DictConfig, training: Callable[[],
     :param cfg: the baselines config (``methods`` and a policy node per method).
     :param training: the split the learned kinds (``sweep_trains``) learn on; called only for them.
     """
-    anchors = reference(trees)
+    cost_model = read_cost_model(cfg)
+    anchors = reference(trees, cost_model)
     points: list[dict[str, Any]] = []
     for kind, settings in baseline_kinds(cfg):
         learn_on = {"training": training()} if kind.sweep_trains else {}
         for swept in kind.sweep(settings, trees, **learn_on):
-            points.append({**make_point(swept.label, swept.parameter, swept.outcomes, anchors), **swept.extra})
+            outcomes = with_path_cost(trees, swept.outcomes, cost_model)
+            points.append({**make_point(swept.label, swept.parameter, outcomes, anchors, cost_model), **swept.extra})
     return points
 
 
@@ -95,7 +102,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         path=cfg.data.path, split=cfg.data.split, preset=cfg.data.preset, seed=cfg.data.seed, n_queries=cfg.data.n_queries,
         grow=read_bool(cfg, "data.grow"), persist=read_bool(cfg, "data.persist_growth"),
     )
-    points = anchor_points(trees) + baseline_points(trees, cfg, cache(lambda: training_split(cfg)))
+    points = anchor_points(trees, read_cost_model(cfg)) + baseline_points(trees, cfg, cache(lambda: training_split(cfg)))
     trees.flush()
     return points
 
@@ -103,7 +110,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 @hydra.main(config_path=str(config_dir()), config_name="baselines", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     with run_dir(cfg, OUTPUTS, "trim-baselines") as out:
-        write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
+        write_results(out, results_config(OmegaConf.to_container(cfg, resolve=True)), evaluate(cfg))  # type: ignore[arg-type]
 
 
 def main() -> None:

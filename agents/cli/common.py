@@ -30,7 +30,7 @@ from agents.cli import config_dir
 from agents.export import write_training_queries
 from agents.registry import registry
 from trim_env import atomic
-from trim_env.cost import COST_MODELS
+from trim_env.cost import COST_MODELS, CostModel, StrongTokensCost, cost_model_from_dict
 from trim_env.run_dirs import RunDirError, claim_run_dir
 from trim_env.store import GrowthBudgetSpent
 
@@ -97,6 +97,13 @@ def read_float(cfg: DictConfig, key: str, check: Callable[[float], bool], requir
 def read_simulated_selection(cfg: DictConfig) -> tuple[int, int]:
     """``(data.seed, data.n_queries)`` for ``data.preset`` runs: a seed >= 0 and at least one query."""
     return read_int(cfg, "data.seed", minimum=0), read_int(cfg, "data.n_queries", minimum=1)
+
+
+def read_cost_model(cfg: DictConfig) -> CostModel:
+    """``cost``: the cost model of the ``cost=`` group (checked by its dataclass; strong tokens if the config has none)."""
+    if cfg.get("cost") is None:
+        return StrongTokensCost()
+    return cost_model_from_dict(dict(OmegaConf.to_container(cfg.cost, resolve=True)))  # type: ignore[arg-type]
 
 
 def read_cost_unit_tokens(cfg: DictConfig) -> float:

@@ -21,10 +21,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from agents.base import PolicyKind
+from agents.base import PolicyKind, check_cost_support
 from agents.cli import config_dir
 from agents.cli.common import (
     read_bool,
+    read_cost_model,
     read_simulated_selection,
     register_schemas,
     run_dir,
@@ -32,7 +33,7 @@ from agents.cli.common import (
 )
 from agents.registry import registry
 from trim_env.data import growth_source, load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, write_results
+from trim_env.evaluation import anchor_points, make_point, reference, results_config, with_path_cost, write_results
 from trim_env.tree import RolloutTrees
 
 #: What an evaluation writes into its directory.
@@ -54,6 +55,8 @@ def learning_split(cfg: DictConfig, policy_class: type[PolicyKind]) -> dict[str,
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Points for the configured policy on the configured split (anchors first)."""
     policy_class = registry().policy(str(cfg.policy.name))
+    cost_model = read_cost_model(cfg)
+    check_cost_support(policy_class, str(cfg.policy.name), cost_model)
     settings = settings_of(cfg.policy).check()
     if cfg.data.preset is not None:
         read_simulated_selection(cfg)
@@ -62,10 +65,11 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         grow=read_bool(cfg, "data.grow"), persist=read_bool(cfg, "data.persist_growth"),
         source=growth_source(cfg.data.path, cfg.data.backends),
     )
-    anchors = reference(trees)
-    points = anchor_points(trees)
+    anchors = reference(trees, cost_model)
+    points = anchor_points(trees, cost_model)
     for swept in policy_class.sweep(settings, trees, **learning_split(cfg, policy_class)):
-        points.append({**make_point(swept.label, swept.parameter, swept.outcomes, anchors), **swept.extra})
+        outcomes = with_path_cost(trees, swept.outcomes, cost_model)
+        points.append({**make_point(swept.label, swept.parameter, outcomes, anchors, cost_model), **swept.extra})
     trees.flush()
     return points
 
@@ -73,7 +77,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 @hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     with run_dir(cfg, OUTPUTS, "trim-evaluate") as out:
-        write_results(out, OmegaConf.to_container(cfg, resolve=True), evaluate(cfg))  # type: ignore[arg-type]
+        write_results(out, results_config(OmegaConf.to_container(cfg, resolve=True)), evaluate(cfg))  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -234,7 +234,23 @@ def read_points(file: Path) -> tuple[list[Point], CostAxis]:
     points = content.get("points") if isinstance(content, dict) else None
     if not isinstance(points, list) or not points:
         raise MalformedResults(f"{file}: field 'points' is missing, empty or not a list")
-    return [_check_point(file, index, point) for index, point in enumerate(points)], _cost_axis(file, content)
+    axis = _cost_axis(file, content)
+    return [_check_point(file, index, _cost_in_axis(file, index, point, axis)) for index, point in enumerate(points)], axis
+
+
+def _cost_in_axis(file: Path, index: int, point: Any, axis: CostAxis) -> Any:
+    """``point`` with its cost in the report's field ``strong_tokens_per_query``: under a model other than
+    strong tokens a point records its strong tokens there and its cost (cost units) in ``cost_per_query``
+    (:mod:`trim_env.evaluation`), which the report then reads.
+
+    :raises MalformedResults: If such a point has no ``cost_per_query``.
+    """
+    if axis.name == DEFAULT_COST_MODEL or not isinstance(point, dict):
+        return point
+    if "cost_per_query" not in point:
+        raise MalformedResults(f"{file}: points[{index}] ({point.get('policy')}): field 'cost_per_query' is missing, "
+                               f"expected the cost per query under cost={axis.name}")
+    return {**point, "strong_tokens_per_query": point["cost_per_query"]}
 
 
 def gather(files: list[Path]) -> tuple[metrics.Reference, dict[str, list[Point]], list[dict[str, str]], CostAxis]:

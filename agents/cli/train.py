@@ -29,12 +29,13 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from agents.base import TrainingData
+from agents.base import TrainingData, check_cost_support
 from agents.checkpoints import CHECKPOINT_DIR, check_same_run, find_checkpoint, run_dir_of
 from agents.cli import config_dir
 from agents.cli.common import (
     export_router,
     read_bool,
+    read_cost_model,
     read_cost_unit_tokens,
     read_float,
     read_int,
@@ -51,6 +52,7 @@ from trim_env.evaluation import (
     anchor_points,
     make_point,
     reference,
+    results_config,
     run_episodes,
     write_results,
 )
@@ -90,6 +92,8 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if cfg.data.preset is not None:
         raise ValueError("trim-train trains on cached trees: give data.path (or nothing for the default data), not data.preset")
     policy_class = registry().policy(str(cfg.policy.name))
+    cost_model = read_cost_model(cfg)
+    check_cost_support(policy_class, str(cfg.policy.name), cost_model)
     settings = settings_of(cfg.policy).check()
     groups = {name: settings_of(cfg[name]).check() for name in policy_class.config_groups}
     resume_from = None
@@ -105,13 +109,13 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     test_trees = load_trees(path=str(data_dir), split=cfg.data.split, grow=grow, persist=persist, source=source)
     train_queries, validation_queries = split_validation(train_trees, float(cfg.validation_fraction))
     validation = train_trees.subset(validation_queries)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = make_tracker(dict(cfg.logger), resolved, out, f"{cfg.policy.name}__lambda={lam}__seed={seed}")  # type: ignore[arg-type]
+    resolved = results_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    tracker = make_tracker(dict(cfg.logger), resolved, out, f"{cfg.policy.name}__lambda={lam}__seed={seed}")
     data = TrainingData(
         trees=train_trees, train_queries=train_queries, validation=validation, lam=lam, cost_unit_tokens=cost_unit, seed=seed,
         dataset_content_hash=read_manifest(data_dir)["content_hash"], split=str(cfg.data.train_split),
         progress_bar=progress_bar, log=tracker.log, run_dir=out, resume_from=resume_from,
-        tensorboard_dir=tracker.directory if isinstance(tracker, TensorBoardTracker) else None,
+        tensorboard_dir=tracker.directory if isinstance(tracker, TensorBoardTracker) else None, cost_model=cost_model,
     )
     fitted = policy_class.fit(settings, data, **groups)
     router_dir = export_router(out / "router", fitted.router, train_trees.query_id)  # training and validation parts
@@ -121,11 +125,12 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     points = []
     for value in fitted.operating_points or [lam]:
         at = router if fitted.operating_points is None else router.at_operating_point(value)
-        point = make_point(str(cfg.policy.name), value, run_episodes(test_trees, at), reference(test_trees))
+        point = make_point(str(cfg.policy.name), value, run_episodes(test_trees, at, cost_model=cost_model),
+                           reference(test_trees, cost_model), cost_model)
         points.append({**point, "lambda": value, "seed": seed, **fitted.summary})
     for trees in (train_trees, validation, test_trees):
         trees.flush()
-    anchors = anchor_points(test_trees)
+    anchors = anchor_points(test_trees, cost_model)
     write_model_card(router_dir, points, anchors, read_manifest(data_dir), cfg.data.path, str(cfg.data.split), test_trees.num_queries)
     if len(points) == 1:
         tracker.summary({f"test/{key}": value for key, value in points[0].items() if isinstance(value, (int, float))})
