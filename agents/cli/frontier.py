@@ -10,8 +10,9 @@ Every number is measured by a method's own points
 -------------------------------------------------
 Costs are ``c(π) = strong tokens / strong-only tokens`` (per query, means over the split), or, for
 results of another cost model (their config's ``cost``: :mod:`trim_env.cost`), cost / strong-only
-cost in that model's unit. The weak-only anchor sits at ``c_w`` = its cost / strong-only's (0 in
-strong tokens; read from the weak-only point's ``strong_tokens_per_query``, 0 if absent).
+cost in that model's unit, read from each point's ``cost_per_query`` (its ``strong_tokens_per_query``
+stays the strong model's tokens there). The weak-only anchor sits at ``c_w`` = its cost / strong-only's
+(0 in strong tokens: the weak-only point's ``strong_tokens_per_query``, 0 if absent).
 
 * **Frontier.** A method's frontier (one seed) is its own points plus the weak-only anchor
   (c = c_w, PGR = 0) -- never the strong-only anchor. The envelope joins neighbouring Pareto points
