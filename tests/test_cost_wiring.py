@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from stable_baselines3.common.vec_env import DummyVecEnv
 from test_cost import PRICE, hand_tree
 from test_train import compose_config, overrides, run_script
 
 from agents.base import TrainingData
+from agents.checkpoints import CHECKPOINT_DIR, CHECKPOINT_PREFIX, state_file
 from agents.cli import frontier
-from agents.cli.train import train
+from agents.cli.train import check_resumed_config, train
 from agents.threshold import ThresholdRouter, ThresholdSettings
 from trim_env.cost import CostModel, FlopsCost, PriceCost, StrongTokensCost, anchor_cost, path_cost
 from trim_env.env import StepRoutingEnv
@@ -247,3 +249,18 @@ def test_a_policy_not_wired_for_cost_models_is_refused_naming_cost(tiny_dataset_
     with pytest.raises(ValueError, match=rf"cost = 'price': .* not wired yet for policy '{policy}'"):
         train(cfg, tmp_path)
     assert not (tmp_path / "router").exists()
+
+
+def test_a_run_killed_before_cost_existed_resumes_as_strong_tokens_only(tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    checkpoint = run / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_512_steps.zip"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    state_file(checkpoint).write_bytes(b"")
+    killed = OmegaConf.to_container(compose_config(*overrides("agg", tiny_dataset_dir)), resolve=True)
+    del killed["cost"]  # type: ignore[arg-type,union-attr]  # what a run recorded before cost= existed
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(killed), run / ".hydra" / "config.yaml")
+    check_resumed_config(compose_config(*overrides("agg", tiny_dataset_dir, f"resume={run}")))
+    with pytest.raises(ValueError, match="records a run with cost.name = '<absent>', this run has cost.name = 'price'"):
+        check_resumed_config(compose_config(*overrides("agg", tiny_dataset_dir, f"resume={run}", "cost=price")))

@@ -160,12 +160,15 @@ def check_resumed_config(cfg: DictConfig) -> None:
     before the run directory is claimed (which would record this config over the killed run's).
 
     Only how the run is driven may differ: :data:`RESUME_MAY_CHANGE`. The checkpoint itself records
-    the data's content hash and the training queries, checked again when training starts.
+    the data's content hash and the training queries, checked again when training starts. Both sides
+    are compared as results record them (:func:`~trim_env.evaluation.results_config`): a run killed
+    before ``cost=`` existed recorded none, which is ``cost=strong_tokens``.
     """
     recorded_path = run_dir_of(str(cfg.resume)) / CONFIG_SUBDIR / "config.yaml"
     if recorded_path.is_file():
-        recorded = OmegaConf.to_container(OmegaConf.load(recorded_path), resolve=True)
-        check_same_run(recorded, OmegaConf.to_container(cfg, resolve=True), recorded_path, RESUME_MAY_CHANGE)  # type: ignore[arg-type]
+        recorded = results_config(OmegaConf.to_container(OmegaConf.load(recorded_path), resolve=True))  # type: ignore[arg-type]
+        current = results_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        check_same_run(recorded, current, recorded_path, RESUME_MAY_CHANGE)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
