@@ -24,6 +24,7 @@ from agents.checkpoints import CHECKPOINT_DIR, checkpoints_in, find_checkpoint
 from agents.cli.common import register_schemas
 from agents.cli.train import train
 from agents.ppo import ValidationCallback
+from trim_env.cost import PriceCost
 from trim_env.data import load_trees
 from trim_env.simulate import generate_dataset
 from trim_env.vec_env import StepRoutingVecEnv
@@ -168,19 +169,23 @@ def test_resume_refuses_a_missing_checkpoint_and_another_config(growing_dataset,
     assert again.returncode != 0 and "already holds results" in again.stderr, again.stderr
 
 
-def test_env_state_continues_the_episodes_in_a_fresh_env(growing_dataset, tmp_path):
-    """Node ids may differ between processes; the state names nodes by path, so the continuation is the same."""
+@pytest.mark.parametrize("priced", [False, True], ids=["strong-tokens", "price"])
+def test_env_state_continues_the_episodes_in_a_fresh_env(priced, growing_dataset, tmp_path):
+    """Node ids may differ between processes; the state names nodes by path, so the continuation is the same
+    (under a priced model the episodes' costs so far, and what no reward has paid yet, too)."""
     data = shutil.copytree(growing_dataset, tmp_path / "data")
     trees = load_trees(path=str(data), split="train", persist=False)
     stored_nodes = trees.num_nodes
-    env = StepRoutingVecEnv(trees, n_envs=8, observation="seq", lam=0.01, seed=5)
+    cost_model = PriceCost() if priced else None
+    env = StepRoutingVecEnv(trees, n_envs=8, observation="seq", lam=0.01, seed=5, cost_model=cost_model)
     env.reset()
     rng = np.random.default_rng(0)
     for _ in range(30):
         env.step(rng.integers(0, 2, size=8))
     assert (env._node >= stored_nodes).any(), "no env stands on a grown node: the test would not need paths"
     state = env.get_state()
-    fresh = StepRoutingVecEnv(load_trees(path=str(data), split="train", persist=False), n_envs=8, observation="seq", lam=0.5, seed=99)
+    fresh = StepRoutingVecEnv(load_trees(path=str(data), split="train", persist=False), n_envs=8, observation="seq", lam=0.5, seed=99,
+                              cost_model=cost_model)
     fresh.set_state(state)
     assert fresh.lam == env.lam
     for _ in range(40):
@@ -188,7 +193,7 @@ def test_env_state_continues_the_episodes_in_a_fresh_env(growing_dataset, tmp_pa
         expected, got = env.step(actions), fresh.step(actions)
         for a, b in zip(expected[:3], got[:3]):
             np.testing.assert_array_equal(a, b)
-        assert [info.get("query_id") for info in expected[3]] == [info.get("query_id") for info in got[3]]
+        assert [(info.get("query_id"), info.get("cost")) for info in expected[3]] == [(info.get("query_id"), info.get("cost")) for info in got[3]]
     with pytest.raises(ValueError, match="4 envs over"):
         StepRoutingVecEnv(trees, n_envs=4, observation="seq", seed=0).set_state(state)
 
