@@ -352,8 +352,6 @@ class StepRoutingVecEnv(VecEnv):
             "started": self._started,
             "skipped_total": self.skipped_total,
             "episode_lambdas": self._lam.copy(),
-            "episode_costs": self._cost.copy(),
-            "unpaid_costs": self._unpaid.copy(),
             "lambda_rng": self._lambda_rng.bit_generator.state,
         }
 
@@ -401,9 +399,6 @@ class StepRoutingVecEnv(VecEnv):
         self._node = nodes
         self._steps = np.array(state["steps"], dtype=np.int64)
         self._strong_tokens = np.array(state["strong_tokens"], dtype=np.int64)
-        # Checkpoints from before cost models hold strong tokens only: nothing else was charged.
-        self._cost = np.array(state.get("episode_costs", np.zeros(self.num_envs)), dtype=np.float64)
-        self._unpaid = np.array(state.get("unpaid_costs", np.zeros(self.num_envs)), dtype=np.float64)
         # A state saved before cost models were wired has none: its episodes were priced in strong tokens.
         self._cost = np.array(state.get("cost", self._strong_tokens), dtype=np.float64)
         self._unpaid = np.array(state.get("unpaid_cost", np.zeros(self.num_envs)), dtype=np.float64)
