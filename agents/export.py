@@ -309,6 +309,9 @@ class SavedRouter:
     Settings: ClassVar[type[RouterSettings] | None] = SavedRouterSettings
     config_groups: ClassVar[dict[str, type]] = {}
     sweep_trains: ClassVar[bool] = False
+    #: Any exported router plays step-level episodes, which the evaluator prices by their paths under
+    #: any ``cost=`` model, whatever unit it was trained in (e.g. a strong-token router under price).
+    supports_cost_models: ClassVar[bool] = True
 
     @classmethod
     def fit(cls, settings: SavedRouterSettings, data: TrainingData, **groups: Any) -> Fitted:

@@ -21,8 +21,10 @@ from agents.base import TrainingData
 from agents.checkpoints import CHECKPOINT_DIR, CHECKPOINT_PREFIX, state_file
 from agents.cli import frontier
 from agents.cli.train import check_resumed_config, train
+from agents.export import load_router
 from agents.threshold import ThresholdRouter, ThresholdSettings
 from trim_env.cost import CostModel, FlopsCost, PriceCost, StrongTokensCost, anchor_cost, path_cost
+from trim_env.data import growth_source, load_trees
 from trim_env.env import StepRoutingEnv
 from trim_env.evaluation import anchor_points, results_config, run_episodes, run_thresholds, with_path_cost
 from trim_env.features import LambdaRange
@@ -264,3 +266,20 @@ def test_a_run_killed_before_cost_existed_resumes_as_strong_tokens_only(tiny_dat
     check_resumed_config(compose_config(*overrides("agg", tiny_dataset_dir, f"resume={run}")))
     with pytest.raises(ValueError, match="records a run with cost.name = '<absent>', this run has cost.name = 'price'"):
         check_resumed_config(compose_config(*overrides("agg", tiny_dataset_dir, f"resume={run}", "cost=price")))
+
+
+def test_an_exported_router_is_evaluated_under_another_cost_model(tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    """A router trained in strong tokens, scored in dollars: each episode priced by its path (what issue #14 compares)."""
+    train(compose_config(*overrides("thr", tiny_dataset_dir)), tmp_path / "thr")
+    result = run_script("scripts/evaluate.py", "policy=router", f"policy.path={tmp_path / 'thr' / 'router'}", f"data.path={tiny_dataset_dir}",
+                        "data.persist_growth=false", "cost=price", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["config"]["cost"] == PriceCost().to_dict()
+    weak, strong, point = results["points"]
+    router = load_router(tmp_path / "thr" / "router")
+    test = load_trees(path=str(tiny_dataset_dir), split="test", grow=True, persist=False, source=growth_source(tiny_dataset_dir, None))
+    outcomes = run_episodes(test, router)
+    assert point["cost_per_query"] == pytest.approx(float(np.mean(path_cost(PriceCost(), test, outcomes.final_node))), rel=1e-12)
+    assert point["normalized_cost"] == pytest.approx(point["cost_per_query"] / strong["cost_per_query"])
+    assert point["strong_tokens_per_query"] == pytest.approx(float(np.mean(outcomes.strong_tokens)))
