@@ -301,26 +301,26 @@ class RolloutTrees:
         )
 
 
-def path_sum(parent: np.ndarray, step_tokens: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """Sum of the step tokens over each node's prefix (int64, 0 at the root), computed level by level."""
-    result = np.zeros(len(parent), dtype=np.int64)
+def _along_paths(parent: np.ndarray, depth: np.ndarray, step_values: np.ndarray, combine: np.ufunc, root: float,
+                 dtype: type) -> np.ndarray:
+    """``combine`` folded over each node's prefix (``root`` at the root), level by level: parents come first."""
+    result: np.ndarray = np.full(len(parent), root, dtype=dtype)
     order = np.argsort(depth, kind="stable")
     bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
     for level in range(1, len(bounds) - 1):
         nodes = order[bounds[level] : bounds[level + 1]]
-        result[nodes] = result[parent[nodes]] + step_tokens[nodes]
+        result[nodes] = combine(result[parent[nodes]], step_values[nodes])
     return result
+
+
+def path_sum(parent: np.ndarray, step_tokens: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Sum of the step tokens over each node's prefix (int64, 0 at the root)."""
+    return _along_paths(parent, depth, step_tokens, np.add, 0, np.int64)
 
 
 def path_minimum(parent: np.ndarray, step_prm: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """Minimum PRM score over each node's prefix, computed level by level (parents come first)."""
-    result = np.ones(len(parent), dtype=np.float32)
-    order = np.argsort(depth, kind="stable")
-    bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
-    for level in range(1, len(bounds) - 1):
-        nodes = order[bounds[level] : bounds[level + 1]]
-        result[nodes] = np.minimum(result[parent[nodes]], step_prm[nodes])
-    return result
+    """Minimum PRM score over each node's prefix (float32, 1.0 at the root)."""
+    return _along_paths(parent, depth, step_prm, np.minimum, 1.0, np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
