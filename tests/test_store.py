@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_PRESET, TINY_SEED
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from trim_env.data import open_split
 from trim_env.env import StepRoutingEnv
@@ -249,6 +250,33 @@ def test_a_frozen_store_unlinks_nodes_it_could_not_complete(dataset: Path) -> No
 # The batched VecEnv is the same environment
 
 
+def play_side_by_side(batched: VecEnv, single: VecEnv, steps: int, regenerate_probability: float,
+                      assert_rewards: Callable[[np.ndarray, np.ndarray], None]) -> tuple[int, np.ndarray]:
+    """Reset both envs and step them with the same seeded random actions, asserting equal observations,
+    rewards (by ``assert_rewards``), dones and finished episodes' infos.
+
+    :returns: (episodes finished, the last step's rewards).
+    """
+    np.testing.assert_array_equal(batched.reset(), single.reset())
+    rng = np.random.default_rng(0)
+    finished = 0
+    for _ in range(steps):
+        actions = (rng.random(batched.num_envs) < regenerate_probability).astype(np.int64)
+        obs_a, rewards_a, dones_a, infos_a = batched.step(actions)
+        obs_b, rewards_b, dones_b, infos_b = single.step(actions)
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert_rewards(rewards_a, rewards_b)
+        np.testing.assert_array_equal(dones_a, dones_b)
+        for env in np.flatnonzero(dones_a):
+            finished += 1
+            for key, value in infos_a[env].items():
+                if key == "terminal_observation":
+                    np.testing.assert_array_equal(value, infos_b[env][key])
+                else:
+                    assert value == infos_b[env][key], key
+    return finished, np.asarray(rewards_a)
+
+
 @pytest.mark.parametrize("observation", ["agg", "seq"])
 @pytest.mark.parametrize("kind", ["growing", "frozen", "lazy-uncapped", "lazy-capped"])
 def test_vec_env_matches_dummy_vec_env_of_single_envs_step_for_step(dataset: Path, observation: str, kind: str) -> None:
@@ -265,23 +293,7 @@ def test_vec_env_matches_dummy_vec_env_of_single_envs_step_for_step(dataset: Pat
     batched_trees, single_trees = make(), make()
     batched = StepRoutingVecEnv(batched_trees, n_envs, observation, 0.01, seed=seed)
     single = DummyVecEnv([lambda rank=rank: StepRoutingEnv(single_trees, observation, 0.01, seed=seed + rank) for rank in range(n_envs)])
-    np.testing.assert_array_equal(batched.reset(), single.reset())
-    rng = np.random.default_rng(0)
-    finished = 0
-    for _ in range(600):
-        actions = (rng.random(n_envs) < 0.4).astype(np.int64)
-        obs_a, rewards_a, dones_a, infos_a = batched.step(actions)
-        obs_b, rewards_b, dones_b, infos_b = single.step(actions)
-        np.testing.assert_array_equal(obs_a, obs_b)
-        np.testing.assert_allclose(rewards_a, rewards_b, rtol=1e-6)
-        np.testing.assert_array_equal(dones_a, dones_b)
-        for env in np.flatnonzero(dones_a):
-            finished += 1
-            for key, value in infos_a[env].items():
-                if key == "terminal_observation":
-                    np.testing.assert_array_equal(value, infos_b[env][key])
-                else:
-                    assert value == infos_b[env][key], key
+    finished, _ = play_side_by_side(batched, single, 600, 0.4, lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6))
     assert finished > 50
 
 
