@@ -122,11 +122,11 @@ def train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if fitted.history is not None:
         atomic.write_json(out / "training_history.json", fitted.history)
     router = load_router(router_dir)  # evaluate exactly what was exported
+    test_reference = reference(test_trees, cost_model)
     points = []
     for value in fitted.operating_points or [lam]:
         at = router if fitted.operating_points is None else router.at_operating_point(value)
-        point = make_point(str(cfg.policy.name), value, run_episodes(test_trees, at, cost_model=cost_model),
-                           reference(test_trees, cost_model), cost_model)
+        point = make_point(str(cfg.policy.name), value, run_episodes(test_trees, at, cost_model=cost_model), test_reference, cost_model)
         points.append({**point, "lambda": value, "seed": seed, **fitted.summary})
     for trees in (train_trees, validation, test_trees):
         trees.flush()
