@@ -20,6 +20,7 @@ from trim_env.cost import (
     FlopsCost,
     LatencyCost,
     PriceCost,
+    QueryCostMeter,
     StrongTokensCost,
     TokenPrice,
     anchor_cost,
@@ -141,6 +142,95 @@ def test_one_event_costs_add_up_to_the_path(name: str) -> None:
     # A continue costs the proposal's weak and PRM calls; a regenerate adds the rewrite's.
     continue_at_root = step_cost(model, trees, np.array([0]), np.array([1]), np.array([False]))[0]
     assert events[0] > continue_at_root or name == "strong_tokens"
+
+
+# With a prefix cache each model prefills only what it has not processed for the query; cached
+# input costs `cached_input_per_mtok` under price and nothing under flops.
+PRICE_CACHED = PriceCost(prefix_cache=True, weak=TokenPrice(1.0, 2.0, 0.5), strong=TokenPrice(3.0, 10.0, 1.0), prm=TokenPrice(4.0, 0.0, 2.0))
+FLOPS_CACHED = dataclasses.replace(FLOPS, prefix_cache=True)
+# Calls as (fresh prefill, decoded, cached), worked out by hand:
+# Strong-only, at the root (nothing cached): weak(100, 10, 0), prm(110, 0, 0), strong(100, 20, 0),
+#   prm(20, 0, 100) (the rewrite's scoring shares the prefix just scored);
+#   at node 2 (prefix 120; weak saw 100, PRM 120, strong 120): weak(20, 6, 100), prm(6, 0, 120),
+#   strong(0, 7, 120), prm(7, 0, 120).
+# Weak-only: weak(100, 10, 0), prm(110, 0, 0); at node 1 (everyone but strong saw 110): weak(0, 5, 110), prm(5, 0, 110).
+# Mixed: the weak-only calls, then strong(110, 8, 0) (never called before), prm(8, 0, 110).
+HAND_CACHED = {
+    "price": {
+        STRONG_ONLY: (120 + 440 + 500 + (80 + 200) + (20 + 12 + 50) + (24 + 240) + (70 + 120) + (28 + 240)) / 1e6,
+        WEAK_ONLY: (120 + 440 + (10 + 55) + (20 + 220)) / 1e6,
+        MIXED: (120 + 440 + (10 + 55) + (20 + 220) + (330 + 80) + (32 + 220)) / 1e6,
+    },
+    "flops": {
+        STRONG_ONLY: 2 * 1 * 110 + 2 * 5 * 110 + 2 * 10 * 120 + 2 * 5 * 20 + 2 * 1 * 26 + 2 * 5 * 6 + 2 * 10 * 7 + 2 * 5 * 7,
+        WEAK_ONLY: 2 * 1 * 110 + 2 * 5 * 110 + 2 * 1 * 5 + 2 * 5 * 5,
+        MIXED: 2 * 1 * 110 + 2 * 5 * 110 + 2 * 1 * 5 + 2 * 5 * 5 + 2 * 10 * 118 + 2 * 5 * 8,
+    },
+}
+
+
+@pytest.mark.parametrize(("name", "model"), [("price", PRICE_CACHED), ("flops", FLOPS_CACHED)])
+def test_a_prefix_cache_prefills_only_what_each_model_has_not_seen(name: str, model: CostModel) -> None:
+    trees, hand = hand_tree(), HAND_CACHED[name]
+    assert model.unit == pytest.approx(HAND[name]["unit"], rel=1e-12)  # the unit is an uncached call
+    leaves = np.array([STRONG_ONLY, WEAK_ONLY, MIXED])
+    np.testing.assert_allclose(path_cost(model, trees, leaves) * model.unit, [hand[leaf] for leaf in leaves], rtol=1e-12)
+    # The cache only removes work, and the anchors (one call each) do not change.
+    uncached = dataclasses.replace(model, prefix_cache=False)
+    assert (path_cost(model, trees, leaves) < path_cost(uncached, trees, leaves)).all()
+    for run in ("weak_only", "strong_only"):
+        assert anchor_cost(model, trees, run)[0] == anchor_cost(uncached, trees, run)[0]
+    # Event by event (as the environment charges) equals the path.
+    events = step_cost(model, trees, np.array([0, 2]), np.array([2, 6]), np.array([True, True]))
+    assert events.sum() == pytest.approx(path_cost(model, trees, np.array([STRONG_ONLY]))[0], rel=1e-12)
+
+
+def test_the_strong_model_rereads_the_steps_written_since_its_last_rewrite(tiny_trees: RolloutTrees) -> None:
+    # Deep paths of the simulator's trees: regenerate at the root, then continue to the end.
+    model = dataclasses.replace(FLOPS_CACHED, weak_parameters=1e-9, prm_parameters=1e-9)  # strong calls only, in effect
+    assert tiny_trees.prompt_tokens is not None
+    checked = 0
+    for root in tiny_trees.root:
+        # Regenerate at the root, continue twice, then regenerate again.
+        first = node = int(tiny_trees.strong_child[root])
+        for _ in range(2):
+            node = int(tiny_trees.weak_child[node]) if node >= 0 else -1
+        if node < 0 or tiny_trees.strong_child[node] < 0:
+            continue
+        rewrite = int(tiny_trees.strong_child[node])
+        cost = step_cost(model, tiny_trees, np.array([node]), np.array([rewrite]), np.array([True]))[0] * model.unit
+        since_last = int(tiny_trees.prefix_tokens(np.array([node]))[0] - tiny_trees.prefix_tokens(np.array([first]))[0])
+        strong = 2 * model.strong_parameters * (since_last + int(tiny_trees.step_tokens[rewrite]))
+        assert since_last > 0 and cost == pytest.approx(strong, rel=1e-6)
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("model", [PRICE, PRICE_CACHED, FLOPS_CACHED, dataclasses.replace(LATENCY, prefix_cache=True), StrongTokensCost()],
+                         ids=["price", "price-cached", "flops-cached", "latency-cached", "strong_tokens"])
+def test_a_live_meter_prices_a_path_as_the_tree_does(tiny_trees: RolloutTrees, model: CostModel) -> None:
+    assert tiny_trees.prompt_tokens is not None
+    rng = np.random.default_rng(3)
+    for query, root in enumerate(tiny_trees.root):
+        meter = QueryCostMeter(model, int(tiny_trees.prompt_tokens[query]))
+        node = int(root)
+        while tiny_trees.weak_child[node] >= 0:
+            proposal = int(tiny_trees.step_tokens[tiny_trees.weak_child[node]])
+            if tiny_trees.strong_child[node] >= 0 and rng.random() < 0.4:
+                node = int(tiny_trees.strong_child[node])
+                meter.add_step(proposal, int(tiny_trees.step_tokens[node]))
+            else:
+                node = int(tiny_trees.weak_child[node])
+                meter.add_step(proposal, None)
+        assert meter.total == pytest.approx(path_cost(model, tiny_trees, np.array([node]))[0], rel=1e-12)
+
+
+def test_a_strong_tokens_model_has_no_prefix_cache_setting() -> None:
+    with pytest.raises(Exception, match="prefix_cache"):
+        settings_of(compose("evaluate", ["cost=strong_tokens", "cost.prefix_cache=true"]).cost)
+    with pytest.raises(CostModelError, match="cost.prefix_cache = 'yes' must be true or false"):
+        FlopsCost(prefix_cache="yes")  # type: ignore[arg-type]
+    assert settings_of(compose("evaluate", ["cost=latency", "cost.prefix_cache=true"]).cost).caches_prefixes
 
 
 def test_a_child_of_the_wrong_kind_or_a_missing_child_is_refused() -> None:

@@ -31,10 +31,24 @@ the weak proposal at ``n`` and ``s`` the strong rewrite, ``t(x)`` the tokens of 
       weak(prefix(n), t(w)) + prm(prefix(n) + t(w), 0) + strong(prefix(n), t(s)) + prm(prefix(n) + t(s), 0)
 
 The PRM reads the problem, the prefix and the step and decodes nothing: Qwen2.5-Math-PRM reads its
-score for every step off one forward pass, so its output is counted as 0 tokens. No prefix cache is
-assumed: every call reads its whole input (an upper bound; a server that caches prefixes prefills
-less). :func:`step_cost` prices one event per entry of its arrays; :func:`path_cost` sums the
-events from the root to a node: the cost of an episode that ended there.
+score for every step off one forward pass, so its output is counted as 0 tokens.
+:func:`step_cost` prices one event per entry of its arrays; :func:`path_cost` sums the events from
+the root to a node: the cost of an episode that ended there.
+
+**Prefix cache** (``cost.prefix_cache``, off by default). Off, every call reads its whole input: an
+upper bound, what a server without prefix caching (or an API billing every input token in full)
+charges. On, each model keeps the key/value cache of everything it has read or decoded for the
+query (vLLM's automatic prefix caching, SGLang's radix cache) and prefills only the rest; the
+cached part is read, not computed: free under ``flops`` and ``latency``, billed at the model's
+``cached_input_per_mtok`` under ``price``. At a node ``n`` reached from ``p``, each model has seen:
+
+- weak: ``prefix(n)`` if it wrote the step to ``n``, else ``prefix(p)`` (its proposal there was discarded);
+- PRM: ``prefix(n)`` (its last call scored the step to ``n``); a rewrite's scoring re-reads only ``t(s)``;
+- strong: ``prefix(m)``, ``m`` the last node on the path it wrote (none: nothing).
+
+So continuing costs the weak model the strong rewrites since its last call, and a rewrite costs
+the strong model the steps since its last rewrite; at the root every model reads the prompt. This
+is a lower bound (a cache may evict); the two settings bracket a real deployment.
 
 **Anchors.** The weak-only and strong-only runs are query-level baselines: one model writes the
 whole solution in one call, with no PRM (:func:`anchor_cost`: ``model(prompt, all tokens)``). A
@@ -60,12 +74,11 @@ them naming the column (:func:`check_trees`).
 defaults and OmegaConf checks types; :func:`cost_model_from_dict` rebuilds a model from
 ``dataclasses.asdict`` (a results file, an exported router) and checks its values.
 
-**Wiring (issue #14, not done here).** The environment's reward becomes ``-lam * step_cost(...) /
-cost_unit_tokens`` per step, passive steps included (all zero under ``strong_tokens``); the batch
-evaluator's per-query cost is :func:`path_cost` of the node each episode ends at; the metrics
-normalise by :func:`anchor_cost` of strong-only and take weak-only's (non-zero) cost as the lower
-anchor; the oracle and POMDP plan with :func:`step_cost`; results, exports, the frontier report and
-the server record ``cost_model.to_dict()`` and ``natural_unit``.
+**Wiring.** The environments charge :func:`step_cost` per step, passive steps included, times λ;
+the batch evaluator's per-query cost is :func:`path_cost` of the node each episode ends at; the
+metrics normalise by :func:`anchor_cost` of strong-only and take weak-only's (non-zero) cost as the
+lower anchor; live routing prices its calls with :class:`QueryCostMeter`; results and exported
+routers record ``cost_model.to_dict()`` when it is not ``strong_tokens``.
 """
 
 from __future__ import annotations
@@ -123,9 +136,15 @@ class CostModel(ABC):
         """Whether some call's cost depends on the tokens it reads (then trees need ``prompt_tokens``)."""
         return True
 
+    @property
+    def caches_prefixes(self) -> bool:
+        """Whether each model reuses what it has already read for the query (see the module docstring)."""
+        return False
+
     @abstractmethod
-    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-        """Natural cost of calls of model ``role`` reading ``prefill`` and decoding ``decoded`` tokens (float64 arrays)."""
+    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray, cached: np.ndarray | None = None) -> np.ndarray:
+        """Natural cost of calls of model ``role`` prefilling ``prefill`` tokens, reading ``cached``
+        more from its prefix cache (``None``: none) and decoding ``decoded`` tokens (float64 arrays)."""
 
     @property
     def unit(self) -> float:
@@ -149,10 +168,26 @@ class StrongTokensCost(CostModel):
     def charges_prefill(self) -> bool:
         return False
 
-    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray, cached: np.ndarray | None = None) -> np.ndarray:
         _check_role(role)
         decoded = np.asarray(decoded, dtype=np.float64)
         return decoded.copy() if role == "strong" else np.zeros_like(decoded)
+
+
+@dataclass
+class PrefillCost(CostModel):
+    """A cost model that charges the tokens each call reads; ``prefix_cache`` says whether a model
+    re-reads what it has already processed for the query (see the module docstring)."""
+
+    prefix_cache: bool = False
+
+    def __post_init__(self) -> None:
+        _check("prefix_cache", self.prefix_cache, "true or false", isinstance(self.prefix_cache, bool))
+        super().__post_init__()
+
+    @property
+    def caches_prefixes(self) -> bool:
+        return self.prefix_cache
 
 
 @dataclass
@@ -161,32 +196,35 @@ class TokenPrice:
 
     :param input_per_mtok: USD per million input (prefilled) tokens.
     :param output_per_mtok: USD per million output (decoded) tokens.
+    :param cached_input_per_mtok: USD per million input tokens read from the prefix cache (with ``prefix_cache``).
     """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    cached_input_per_mtok: float = 0.0
 
 
 @dataclass
-class PriceCost(CostModel):
+class PriceCost(PrefillCost):
     """Dollars: each call pays its input tokens at the model's input price and its output at the output price.
 
     The defaults are an **example, not a quote**: hosted prices for the reference pair
     Qwen2.5-Math-1.5B / Qwen2.5-Math-7B / Qwen2.5-Math-PRM-7B vary by provider. They keep two
     ratios typical of hosted APIs: output costs 4x input, and the 7B models cost 5x the 1.5B one
-    (about their parameter ratio). The PRM is priced as the 7B model; it decodes nothing.
+    (about their parameter ratio). The PRM is priced as the 7B model; it decodes nothing. Cached
+    input (with ``prefix_cache``) costs a tenth of fresh input, as several hosted APIs bill it.
     """
 
     name: str = "price"
     natural_unit: ClassVar[str] = "USD"
-    weak: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.05, output_per_mtok=0.20))
-    strong: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.25, output_per_mtok=1.00))
-    prm: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.25, output_per_mtok=1.00))
+    weak: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.05, output_per_mtok=0.20, cached_input_per_mtok=0.005))
+    strong: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.25, output_per_mtok=1.00, cached_input_per_mtok=0.025))
+    prm: TokenPrice = field(default_factory=lambda: TokenPrice(input_per_mtok=0.25, output_per_mtok=1.00, cached_input_per_mtok=0.025))
 
     def validate(self) -> None:
         for role in ROLES:
             price = getattr(self, role)
-            for name in ("input_per_mtok", "output_per_mtok"):
+            for name in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok"):
                 value = getattr(price, name)
                 _check(f"{role}.{name}", value, "a finite price >= 0 (USD per million tokens)", _number(value) and value >= 0)
         _check("strong.output_per_mtok", self.strong.output_per_mtok, "> 0 (it fixes the cost unit)", self.strong.output_per_mtok > 0)
@@ -195,15 +233,19 @@ class PriceCost(CostModel):
     def charges_prefill(self) -> bool:
         return any(getattr(self, role).input_per_mtok > 0 for role in ROLES)
 
-    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray, cached: np.ndarray | None = None) -> np.ndarray:
         price: TokenPrice = getattr(self, _check_role(role))
-        return (np.asarray(prefill, dtype=np.float64) * price.input_per_mtok
+        cost = (np.asarray(prefill, dtype=np.float64) * price.input_per_mtok
                 + np.asarray(decoded, dtype=np.float64) * price.output_per_mtok) / 1e6
+        if cached is not None:
+            cost = cost + np.asarray(cached, dtype=np.float64) * price.cached_input_per_mtok / 1e6
+        return cost
 
 
 @dataclass
-class FlopsCost(CostModel):
-    """FLOPs: ``2·N`` per token a model processes, prefilled or decoded (N = its parameter count).
+class FlopsCost(PrefillCost):
+    """FLOPs: ``2·N`` per token a model processes, prefilled or decoded (N = its parameter count);
+    tokens read from the prefix cache are not processed again.
 
     Defaults: the parameter counts of the reference pair from their model cards, embeddings
     included: Qwen2.5-Math-1.5B 1.54e9, Qwen2.5-Math-7B 7.62e9, Qwen2.5-Math-PRM-7B 7.07e9 (the 7B
@@ -222,7 +264,7 @@ class FlopsCost(CostModel):
             value = getattr(self, key)
             _check(key, value, "a finite parameter count > 0", _number(value) and value > 0)
 
-    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray, cached: np.ndarray | None = None) -> np.ndarray:
         parameters = float(getattr(self, f"{_check_role(role)}_parameters"))
         return 2.0 * parameters * (np.asarray(prefill, dtype=np.float64) + np.asarray(decoded, dtype=np.float64))
 
@@ -242,9 +284,10 @@ class CallSpeed:
 
 
 @dataclass
-class LatencyCost(CostModel):
+class LatencyCost(PrefillCost):
     """Seconds: each call takes its overhead plus its input at the prefill rate plus its output at the
-    decode rate; calls are sequential, so costs add up along the path.
+    decode rate; calls are sequential, so costs add up along the path. Reading the prefix cache
+    takes no time here (its share is small next to prefill).
 
     The defaults are **example figures** for one request at a time on a single data-centre GPU
     (an order of magnitude, not a measurement): the 1.5B model decodes 3x faster than the 7B models,
@@ -266,7 +309,7 @@ class LatencyCost(CostModel):
                 value = getattr(speed, name)
                 _check(f"{role}.{name}", value, "a finite rate > 0 (tokens per second)", _number(value) and value > 0)
 
-    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    def call_cost(self, role: str, prefill: np.ndarray, decoded: np.ndarray, cached: np.ndarray | None = None) -> np.ndarray:
         speed: CallSpeed = getattr(self, _check_role(role))
         prefill = np.asarray(prefill, dtype=np.float64)
         return (speed.overhead_s + prefill / speed.prefill_tokens_per_s
@@ -361,12 +404,100 @@ def step_cost(model: CostModel, trees: RolloutTrees, nodes: np.ndarray, children
         raise ValueError(f"children[{i}] = {children[i]} is not the {kind} child of node {nodes[i]} ({expected[i]})")
     prefix = _prefix(model, trees, nodes)
     proposal = trees.step_tokens[trees.weak_child[nodes]].astype(np.int64)
-    cost = model.call_cost("weak", prefix, proposal) + model.call_cost("prm", prefix + proposal, np.zeros_like(prefix))
+    rewrite = np.where(regenerated, trees.step_tokens[children], 0).astype(np.int64)
+    seen = _seen(trees, nodes, prefix) if model.caches_prefixes else None
+    return event_cost(model, prefix, proposal, rewrite, regenerated, seen)
+
+
+def event_cost(model: CostModel, prefix: np.ndarray, proposal: np.ndarray, rewrite: np.ndarray,
+               regenerated: np.ndarray, seen: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Cost units of routing events given in tokens (one per entry; the calls of the module docstring).
+
+    :param prefix: tokens read before the step (prompt + steps so far; zeros if prefill is free).
+    :param proposal: the weak proposal's tokens.
+    :param rewrite: the strong rewrite's tokens where ``regenerated`` (ignored elsewhere).
+    :param regenerated: whether the strong model rewrote the step.
+    :param seen: with a prefix cache, the tokens of ``prefix`` each model (``weak``, ``strong``,
+        ``prm``) has already processed; ``None`` without one.
+    """
+    prefix = np.asarray(prefix, dtype=np.int64)
+    nothing = np.zeros_like(prefix)
+    if seen is None:
+        seen = dict.fromkeys(ROLES, nothing)
+    cost = (model.call_cost("weak", prefix - seen["weak"], proposal, seen["weak"])
+            + model.call_cost("prm", prefix + proposal - seen["prm"], nothing, seen["prm"]))
+    regenerated = np.asarray(regenerated, dtype=bool)
     if regenerated.any():
         at = np.flatnonzero(regenerated)
-        rewrite = trees.step_tokens[children[at]].astype(np.int64)
-        cost[at] += model.call_cost("strong", prefix[at], rewrite) + model.call_cost("prm", prefix[at] + rewrite, np.zeros_like(rewrite))
+        rewritten = np.asarray(rewrite, dtype=np.int64)[at]
+        # The rewrite's scoring shares the prefix with the proposal's, just scored: cached if anything is.
+        scored = prefix[at] if model.caches_prefixes else nothing[at]
+        cost[at] += (model.call_cost("strong", prefix[at] - seen["strong"][at], rewritten, seen["strong"][at])
+                     + model.call_cost("prm", prefix[at] + rewritten - scored, nothing[at], scored))
     return cost / model.unit
+
+
+class QueryCostMeter:
+    """Prices a query routed live, step by step, as :func:`step_cost` prices the same path on a tree.
+
+    Example::
+
+        meter = QueryCostMeter(PriceCost(prefix_cache=True), prompt_tokens=96)
+        meter.add_step(proposal_tokens=40, rewrite_tokens=None)   # continued
+        meter.add_step(proposal_tokens=35, rewrite_tokens=52)     # regenerated
+        meter.total                                               # cost units so far
+
+    :param model: the cost model.
+    :param prompt_tokens: the prompt's tokens as the models read it (template included); may be 0
+        under a model that does not charge prefill.
+    """
+
+    def __init__(self, model: CostModel, prompt_tokens: int) -> None:
+        if prompt_tokens < 0:
+            raise ValueError(f"prompt_tokens = {prompt_tokens} must be >= 0")
+        self.model = model
+        self.prefix = int(prompt_tokens)
+        self.seen = dict.fromkeys(ROLES, 0)
+        self.total = 0.0
+
+    def add_step(self, proposal_tokens: int, rewrite_tokens: int | None) -> float:
+        """Charge one step: the weak proposal (scored by the PRM) and, if not ``None``, the strong
+        rewrite that replaced it (also scored). Returns the step's cost units."""
+        regenerated = rewrite_tokens is not None
+        seen = {role: np.array([tokens]) for role, tokens in self.seen.items()} if self.model.caches_prefixes else None
+        cost = float(event_cost(self.model, np.array([self.prefix]), np.array([proposal_tokens]),
+                                np.array([rewrite_tokens or 0]), np.array([regenerated]), seen)[0])
+        if regenerated:
+            self.seen["weak"] = self.prefix
+            self.prefix += int(rewrite_tokens or 0)
+            self.seen["strong"] = self.prefix
+        else:
+            self.prefix += int(proposal_tokens)
+            self.seen["weak"] = self.prefix
+        self.seen["prm"] = self.prefix
+        self.total += cost
+        return cost
+
+
+def _seen(trees: RolloutTrees, nodes: np.ndarray, prefix: np.ndarray) -> dict[str, np.ndarray]:
+    """Tokens of ``prefix(n)`` each model has already processed on the path to each of ``nodes`` (module docstring)."""
+    parent = trees.parent[nodes].astype(np.int64)
+    at_root = parent < 0
+    weak_wrote = ~at_root & ~trees.step_is_strong[nodes]
+    weak = np.where(weak_wrote, prefix, np.where(at_root, 0, trees.prefix_tokens(np.maximum(parent, 0))))
+    prm = np.where(at_root, 0, prefix)
+    # The strong model has seen the prefix up to the last step it wrote: walk up to it.
+    strong = np.zeros_like(prefix)
+    pending = np.arange(len(nodes))
+    current = nodes.copy()
+    while pending.size:
+        node = current[pending]
+        root = trees.parent[node] < 0
+        wrote = ~root & trees.step_is_strong[node]
+        strong[pending[wrote]] = trees.prefix_tokens(node[wrote])
+        pending, node = pending[~root & ~wrote], node[~root & ~wrote]
+        current[pending] = trees.parent[node]
+    return {"weak": weak, "strong": strong, "prm": prm}
 
 
 def path_cost(model: CostModel, trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
