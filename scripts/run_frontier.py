@@ -9,13 +9,20 @@ seed. A grid is then extended to smaller λ (the next value is half the smallest
 policy's own points reach PGR ≥ 0.95 (mean over seeds at one λ) or stop improving (less than
 0.01 PGR gained by the last extension). Finally
 ``scripts/frontier.py`` writes the report with the real TRIM-Thr frontier drawn beside the
-simulated ones. Prints the wall time of each stage and writes them to ``out/study_times.json``.
+simulated ones (in strong tokens only: the real figures count nothing else). Prints the wall time
+of each stage and writes them to ``out/study_times.json``.
+
+The ``cost=`` group (and its keys, e.g. ``cost.prefix_cache=true``) is passed on to every stage,
+so the whole study is trained, evaluated and reported in that cost model. A stage whose run dir
+already holds all its results (``results.json`` of every job) is skipped, so an interrupted study
+resumes where it stopped; delete a run dir to run it again.
 
 Usage (a Hydra app, ``conf/run_frontier.yaml``; ``--help`` lists the settings)::
 
     python scripts/run_frontier.py out=cached_rollouts/frontier                        # Thr, baselines, Agg, Seq, POMDP
     python scripts/run_frontier.py out=report/ 'policies=[agg]' 'seeds=[0]'            # a quick look
     python scripts/run_frontier.py out=report/ data_path=DIR                           # another dataset
+    python scripts/run_frontier.py out=report/ cost=price cost.prefix_cache=true       # in dollars
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from agents.cli.common import read_int, register_schemas
+from agents.cli.common import read_int, register_schemas, settings_of
 from agents.registry import registry
 from trim_env import atomic
 from trim_env.paths import config_dir
@@ -44,8 +52,15 @@ MIN_GAIN = 0.01
 MAX_EXTENSIONS = 4
 
 
-def stage(name: str, command: list[str], times: dict[str, float]) -> None:
-    """Run one stage, stream its output, stop everything if it fails; adds its wall time to ``times``."""
+def stage(name: str, command: list[str], times: dict[str, float], done: Path | None = None, expected_results: int = 1) -> None:
+    """Run one stage, stream its output, stop everything if it fails; adds its wall time to ``times``.
+
+    :param done: the stage's run dir: if it already holds ``expected_results`` results.json files,
+        the stage is skipped (a resumed study).
+    """
+    if done is not None and len(list(done.rglob("results.json"))) >= expected_results:
+        print(f"\n== {name}: skipped, {done} holds its results", flush=True)
+        return
     print(f"\n== {name}: {' '.join(command)}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
@@ -85,7 +100,7 @@ def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path
             f"{policy} {label}",
             [python, "train.py", "-m", f"policy={policy}", "lambda=" + ",".join(f"{v:g}" for v in values),
              f"seed={','.join(seeds)}", "progress_bar=false", f"hydra.sweep.dir={sweep_dir}", *data],
-            times,
+            times, sweep_dir, len(values) * len(seeds),
         )
 
     run(lambdas, "grid")
@@ -108,7 +123,7 @@ def train_conditioned(policy: str, seeds: list[str], runs: Path, data: list[str]
     """A λ-conditioned policy: one run per seed gives its whole curve (a test point per λ of its grid)."""
     sweep_dir = runs / f"{policy}-seeds"
     stage(f"{policy} seeds", [sys.executable, "train.py", "-m", f"policy={policy}", f"seed={','.join(seeds)}", "progress_bar=false",
-                              f"hydra.sweep.dir={sweep_dir}", *data], times)
+                              f"hydra.sweep.dir={sweep_dir}", *data], times, sweep_dir, len(seeds))
 
 
 def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -126,6 +141,22 @@ def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return policies, seeds
 
 
+def cost_overrides(cost: DictConfig) -> list[str]:
+    """The study's cost model as overrides of a stage: ``cost=<name>`` and one ``cost.<key>=<value>`` per setting."""
+    settings_of(cost)  # refuse a bad value here, naming the key, before any stage runs
+    leaves: list[str] = [f"cost={cost.name}"]
+
+    def flatten(prefix: str, node: Any) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flatten(f"{prefix}{key}.", value)
+            elif key != "name":
+                leaves.append(f"{prefix}{key}={json.dumps(value)}")
+
+    flatten("cost.", OmegaConf.to_container(cost, resolve=True))
+    return leaves
+
+
 @hydra.main(config_path=str(config_dir()), config_name="run_frontier", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     try:
@@ -135,11 +166,12 @@ def _app(cfg: DictConfig) -> None:
     out = Path(str(cfg.out)).resolve()
     runs = out / "runs"
     data = [f"data.path={cfg.data_path}"] if cfg.data_path is not None else []
+    data += cost_overrides(cfg.cost)
     python = sys.executable
     times: dict[str, float] = {}
     started = time.perf_counter()
-    stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times)
-    stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times)
+    stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times, runs / "thr")
+    stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times, runs / "baselines")
     for policy in policies:
         config = compose("config", [f"policy={policy}"]).policy  # with the settings dataclass's defaults
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
@@ -148,7 +180,9 @@ def _app(cfg: DictConfig) -> None:
             train_conditioned(policy, policy_seeds, runs, data, times)
         else:
             sweep_policy(policy, [float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
-    stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", "real_reference=packaged"], times)
+    # The real overlay counts strong tokens: only a strong-token study is drawn beside it.
+    real = ["real_reference=packaged"] if cfg.cost.name == "strong_tokens" else []
+    stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", *real], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
     atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total})

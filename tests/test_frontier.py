@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from agents.cli import frontier
+from agents.cli.common import compose, register_schemas, settings_of
 from trim_env import metrics
+from trim_env.cost import CostModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 WEAK, STRONG, STRONG_TOKENS = 0.4, 0.8, 500.0
@@ -455,7 +457,7 @@ def test_run_frontier_extends_a_grid_to_half_the_smallest_lambda_while_that_pays
     module = _run_frontier_module()
     commands: list[list[str]] = []
 
-    def fake_stage(name: str, command: list[str], times: dict[str, float]) -> None:
+    def fake_stage(name: str, command: list[str], times: dict[str, float], *done: Any) -> None:
         commands.append(command)
         lambdas = [float(v) for v in next(a for a in command if a.startswith("lambda=")).removeprefix("lambda=").split(",")]
         sweep_dir = Path(next(a for a in command if a.startswith("hydra.sweep.dir=")).removeprefix("hydra.sweep.dir="))
@@ -488,11 +490,35 @@ def test_run_frontier_runs_every_stage_and_records_their_wall_times(tiny_dataset
 def test_run_frontier_trains_a_conditioned_policy_once_per_seed(tmp_path, monkeypatch):
     module = _run_frontier_module()
     commands: list[tuple[str, list[str]]] = []
-    monkeypatch.setattr(module, "stage", lambda name, command, times: commands.append((name, command)))
+    monkeypatch.setattr(module, "stage", lambda name, command, times, *done: commands.append((name, command)))
     module.train_conditioned("agg_conditioned", ["0", "1"], tmp_path, [], {})
     ((name, command),) = commands
     assert name == "agg_conditioned seeds" and "seed=0,1" in command and "policy=agg_conditioned" in command
     assert not any(argument.startswith("lambda=") for argument in command)  # its λ grid is its test points, not a sweep
+
+
+def test_run_frontier_passes_its_cost_model_to_every_stage_as_overrides() -> None:
+    module = _run_frontier_module()
+    register_schemas()
+    study = compose("run_frontier", ["out=x", "cost=price", "cost.prefix_cache=true", "cost.strong.output_per_mtok=2.5"])
+    overrides = module.cost_overrides(study.cost)
+    assert overrides[0] == "cost=price" and "cost.prefix_cache=true" in overrides and "cost.strong.output_per_mtok=2.5" in overrides
+    # A stage composing its own config with these overrides gets the same cost model.
+    assert settings_of(compose("evaluate", overrides).cost) == settings_of(study.cost)
+    assert module.cost_overrides(compose("run_frontier", ["out=x"]).cost) == ["cost=strong_tokens"]
+    with pytest.raises(CostModelError, match="cost.weak.input_per_mtok = -1.0"):
+        module.cost_overrides(compose("run_frontier", ["out=x", "cost=price", "cost.weak.input_per_mtok=-1"]).cost)
+
+
+def test_run_frontier_skips_a_stage_whose_run_dir_holds_its_results(tmp_path: Path) -> None:
+    module = _run_frontier_module()
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    write_results(tmp_path / "sweep" / "lambda=0.1", [point("agg", 0.3, 0.5)])
+    times: dict[str, float] = {}
+    module.stage("agg grid", failing, times, tmp_path / "sweep", 1)  # done: not run
+    assert times == {}
+    with pytest.raises(subprocess.CalledProcessError):  # one job's results of two: run again
+        module.stage("agg grid", failing, times, tmp_path / "sweep", 2)
 
 
 # ----------------------------------------------------------------------------------------------
