@@ -26,14 +26,14 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from trim_env.cost import CostModel, StrongTokensCost
-from trim_env.evaluation import DecisionBatch, Outcomes
+from trim_env.evaluation import DecisionBatch, Outcomes, with_path_cost
 from trim_env.tree import RolloutTrees
 
 
@@ -177,6 +177,10 @@ class Router(ABC):
     #: Whether the kind is fitted and evaluated under any ``cost=`` model (:mod:`trim_env.cost`);
     #: ``False``: strong tokens only (its planning or its points are not priced yet, issue #14).
     supports_cost_models: ClassVar[bool] = False
+    #: :meth:`sweep` takes ``cost_model=`` and returns outcomes already costed in it (a kind that
+    #: plans with the cost, or whose outcomes are not paths of the tree); ``False``: its episodes
+    #: are priced by the paths they took (:func:`sweep_points`).
+    sweep_prices: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config: dict[str, Any] = dict(config or {})
@@ -257,5 +261,22 @@ def check_cost_support(kind: type, name: str, cost_model: CostModel) -> None:
     raise ValueError(
         f"cost = {cost_model.name!r}: cost models other than strong_tokens are not wired yet for policy {name!r} "
         "(issue #14: its planning cost or its points are still in strong tokens); use cost=strong_tokens, "
-        "or a policy that supports them (thr, agg, seq)"
+        "or a policy that supports them (e.g. thr, agg, seq, the baselines of trim-baselines)"
     )
+
+
+def sweep_points(kind: type[PolicyKind], settings: Any, trees: RolloutTrees, cost_model: CostModel,
+                 **training: RolloutTrees) -> list[SweepPoint]:
+    """``kind``'s sweep on ``trees`` with every point's ``outcomes.cost`` in ``cost_model``'s cost units.
+
+    A kind with ``sweep_prices`` is given ``cost_model`` and costs its own outcomes (the oracle plans
+    with it; a query-level router's escalated queries are the strong-only run, not a path of the
+    tree); the others' step-level episodes cost :func:`~trim_env.cost.path_cost` of their final
+    nodes (:func:`~trim_env.evaluation.with_path_cost`; unchanged under strong tokens).
+
+    :param training: the learning split of a kind that learns first (``sweep_trains``).
+    """
+    if getattr(kind, "sweep_prices", False):
+        return kind.sweep(settings, trees, cost_model=cost_model, **training)  # type: ignore[arg-type]  # a sweep_prices kind takes it
+    return [replace(point, outcomes=with_path_cost(trees, point.outcomes, cost_model))
+            for point in kind.sweep(settings, trees, **training)]

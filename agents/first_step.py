@@ -35,16 +35,18 @@ class FirstStepRouter(Router):
     kind = "first_step"
     observation_kind = "agg"
     Settings = FirstStepSettings
+    #: Its episodes are paths of the tree, priced by the evaluator under any ``cost=`` model.
+    supports_cost_models = True
 
     def predict(self, observations: np.ndarray) -> np.ndarray:
         return (np.rint(observations[..., _STEP] * MAX_STEPS) == 1).astype(np.int64)
 
     @classmethod
     def fit(cls, settings: FirstStepSettings, data: TrainingData, **groups: Any) -> Fitted:
-        """Nothing to learn: the router, and its return on the validation part."""
+        """Nothing to learn: the router, and its return on the validation part (costed in ``data.cost_model``)."""
         router = cls({**data.identity(settings), "kind": cls.kind, "observation": cls.observation_kind})
-        outcomes = run_episodes(data.validation, router)
-        objective = validation_objective(outcomes.correct, outcomes.strong_tokens, data.lam, data.cost_unit_tokens)
+        outcomes = run_episodes(data.validation, router, cost_model=data.cost_model)
+        objective = validation_objective(outcomes.correct, outcomes.cost, data.lam, data.cost_unit_tokens)
         return Fitted(router, {"validation_objective": objective, "train_wall_time_s": 0.0, "env_steps": 0})
 
     @classmethod

@@ -3,12 +3,19 @@
 With every outcome in the tree known, the best return from a node is a Bellman recursion::
 
     V(terminal) = correct
-    V(node)     = max(V(weak_child), −λ · tokens(strong_child) / cost_unit + V(strong_child))
+    V(node)     = max(−λ · c_continue(node) / cost_unit + V(weak_child),
+                      −λ · c_regenerate(node) / cost_unit + V(strong_child))
 
-(only ``V(weak_child)`` where the node has no strong child: past the cap the weak model plays on).
-Its policy maximises ``correct − λ · strong tokens / cost_unit`` per query, so for every λ no
-router playing the same tree earns more; sweeping λ traces the upper bound of the frontier. The
-oracle looks at outcomes: it is a reference, not a router.
+(only the first where the node has no strong child: past the cap the weak model plays on, and
+that passive step costs ``c_continue`` too, as in the environment). ``c_continue`` and
+``c_regenerate`` are :func:`trim_env.cost.step_cost` of the two events in the run's cost model
+(:mod:`trim_env.cost`): under the default strong tokens 0 and the rewrite's tokens; under
+``price``, ``flops`` or ``latency`` a continue pays the weak call and the PRM, a regenerate
+also the strong call and the PRM of the rewrite. Its policy maximises the environment's return
+``correct − λ · cost / cost_unit`` per query (the cost of an episode is the
+:func:`~trim_env.cost.path_cost` of the node it ends at), so for every λ no router playing the
+same tree earns more; sweeping λ traces the upper bound of the frontier. The oracle looks at
+outcomes: it is a reference, not a router.
 
 Trees that grow have no end, so the oracle solves them up to a cap: with ``max_strong_steps = K``
 every path holding fewer than K strong steps may regenerate (:meth:`GrowingTrees.grow_complete`
@@ -27,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agents.base import Fitted, RouterSettings, SweepPoint, TrainingData
+from trim_env.cost import CostModel, StrongTokensCost, check_trees, step_cost
 from trim_env.env import DEFAULT_COST_UNIT_TOKENS
 from trim_env.evaluation import DecisionBatch, Outcomes, run_grid
 from trim_env.tree import RolloutTrees
@@ -70,14 +78,16 @@ def regenerate_is_better(
     lambdas: np.ndarray | list[float],
     cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS,
     max_strong_steps: int | None = None,
+    cost_model: CostModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Solve the recursion for each λ.
 
     :param trees: complete rollout trees (cached, or grown with ``grow_complete``).
     :param lambdas: cost weights λ >= 0.
-    :param cost_unit_tokens: strong tokens per cost unit (the environment's reward scale).
+    :param cost_unit_tokens: cost units per unit of λ (the environment's reward scale).
     :param max_strong_steps: regenerate only on paths with fewer strong steps (``None``: wherever
         a strong child is stored).
+    :param cost_model: what each step costs (default strong tokens: a continue is free).
     :return: ``(choose_strong, root_value)``: a boolean (nodes, λ) array, True where regenerating
         is strictly better than continuing (ties continue, the cheaper choice), and the optimal
         return of each query, shape (queries, λ).
@@ -85,30 +95,40 @@ def regenerate_is_better(
     lambdas = _check_lambdas(lambdas)
     if not cost_unit_tokens > 0:
         raise ValueError(f"cost_unit_tokens = {cost_unit_tokens} must be > 0")
+    cost_model = StrongTokensCost() if cost_model is None else cost_model
+    check_trees(cost_model, trees)
     reachable = reachable_nodes(trees, max_strong_steps)
     # Children sit one level deeper than their parent, so solving level by level from the deepest
     # one sees every child's value before its parent's. Terminal nodes keep their outcome as value.
     open_nodes = np.flatnonzero(~trees.terminal & reachable)
     order = open_nodes[np.argsort(trees.depth[open_nodes], kind="stable")]
+    strong = trees.strong_child[order]
+    has_strong = strong >= 0
+    if max_strong_steps is not None:
+        has_strong &= trees.strong_steps[order] < max_strong_steps
+    # Each event priced once for all open nodes (one prefix fold), in cost units per unit of λ.
+    # Under strong tokens a continue costs exactly 0.0 and a regenerate tokens / cost_unit_tokens,
+    # so V − 0.0 · λ and V − (tokens / cost_unit) · λ are the values before cost models, bit for bit.
+    continue_units = step_cost(cost_model, trees, order, trees.weak_child[order], np.zeros(len(order), bool)) / cost_unit_tokens
+    regenerate_units = np.zeros(len(order), dtype=np.float64)
+    regenerate_units[has_strong] = step_cost(cost_model, trees, order[has_strong], strong[has_strong],
+                                             np.ones(int(has_strong.sum()), bool)) / cost_unit_tokens
+    safe_strong = np.where(has_strong, strong, 0)
     bounds = np.flatnonzero(np.diff(trees.depth[order])) + 1
-    levels = []
-    for nodes in np.split(order, bounds)[::-1]:
-        strong = trees.strong_child[nodes]
-        has_strong = strong >= 0
-        if max_strong_steps is not None:
-            has_strong &= trees.strong_steps[nodes] < max_strong_steps
-        safe_strong = np.where(has_strong, strong, 0)
-        cost_units = trees.step_tokens[safe_strong][:, None] / cost_unit_tokens
-        levels.append((nodes, trees.weak_child[nodes], safe_strong, has_strong[:, None], cost_units))
+    levels = [
+        (order[level], trees.weak_child[order[level]], safe_strong[level], has_strong[level, None],
+         continue_units[level, None], regenerate_units[level, None])
+        for level in np.split(np.arange(len(order)), bounds)[::-1]
+    ]
     terminal_value = np.where(trees.terminal, trees.correct, 0).astype(np.float64)
     choose_strong = np.zeros((trees.num_nodes, len(lambdas)), dtype=bool)
     root_value = np.empty((trees.num_queries, len(lambdas)), dtype=np.float64)
     for start in range(0, len(lambdas), _LAMBDA_CHUNK):
         chunk = lambdas[None, start : start + _LAMBDA_CHUNK]
         value = np.repeat(terminal_value[:, None], chunk.shape[1], axis=1)
-        for nodes, weak, strong, has_strong, cost_units in levels:
-            continue_value = value[weak]
-            regenerate_value = np.where(has_strong, value[strong] - cost_units * chunk, -np.inf)
+        for nodes, weak, strong_nodes, can_regenerate, continue_cost, regenerate_cost in levels:
+            continue_value = value[weak] - continue_cost * chunk
+            regenerate_value = np.where(can_regenerate, value[strong_nodes] - regenerate_cost * chunk, -np.inf)
             better = regenerate_value > continue_value
             choose_strong[nodes, start : start + chunk.shape[1]] = better
             value[nodes] = np.where(better, regenerate_value, continue_value)
@@ -132,6 +152,7 @@ def run_oracle(
     lambdas: np.ndarray | list[float],
     cost_unit_tokens: float = DEFAULT_COST_UNIT_TOKENS,
     max_strong_steps: int | None = None,
+    cost_model: CostModel | None = None,
 ) -> list[Outcomes]:
     """Outcomes of the hindsight-optimal routing for each λ, played by the batch evaluator.
 
@@ -139,15 +160,16 @@ def run_oracle(
 
     :param trees: complete rollout trees, or trees that grow.
     :param lambdas: cost weights λ >= 0 (one frontier point each).
-    :param cost_unit_tokens: strong tokens per cost unit.
+    :param cost_unit_tokens: cost units per unit of λ.
     :param max_strong_steps: the oracle regenerates only on paths with fewer strong steps.
+    :param cost_model: what the oracle plans with and ``Outcomes.cost`` is in (default strong tokens).
     """
     if trees.can_grow:
         if max_strong_steps is None:
             raise ValueError("trees that grow have no end: give the oracle a cap max_strong_steps")
         trees.grow_complete(max_strong_steps)  # type: ignore[attr-defined]
-    choose_strong, _ = regenerate_is_better(trees, lambdas, cost_unit_tokens, max_strong_steps)
-    return run_grid(trees, _OraclePolicy(choose_strong, trees.num_queries), choose_strong.shape[1])
+    choose_strong, _ = regenerate_is_better(trees, lambdas, cost_unit_tokens, max_strong_steps, cost_model)
+    return run_grid(trees, _OraclePolicy(choose_strong, trees.num_queries), choose_strong.shape[1], cost_model)
 
 
 def lambda_grid(low: float, high: float, count: int) -> np.ndarray:
@@ -204,6 +226,10 @@ class HindsightOracle:
     Settings: ClassVar[type[RouterSettings] | None] = OracleSettings
     config_groups: ClassVar[dict[str, type]] = {}
     sweep_trains: ClassVar[bool] = False
+    #: It plans with any ``cost=`` model's step costs (:func:`~trim_env.cost.step_cost`)...
+    supports_cost_models: ClassVar[bool] = True
+    #: ...so its sweep takes the cost model and prices its episodes itself.
+    sweep_prices: ClassVar[bool] = True
 
     @classmethod
     def fit(cls, settings: OracleSettings, data: TrainingData, **groups: Any) -> Fitted:
@@ -213,9 +239,9 @@ class HindsightOracle:
         )
 
     @classmethod
-    def sweep(cls, settings: OracleSettings, trees: RolloutTrees) -> list[SweepPoint]:
-        """One point per λ of the grid, in one batch run."""
+    def sweep(cls, settings: OracleSettings, trees: RolloutTrees, cost_model: CostModel | None = None) -> list[SweepPoint]:
+        """One point per λ of the grid, in one batch run, planned and priced in ``cost_model`` (default strong tokens)."""
         settings.check()
         lambdas = lambda_grid(settings.lambda_min, settings.lambda_max, settings.n_lambdas)
-        outcomes = run_oracle(trees, lambdas, settings.cost_unit_tokens, settings.max_strong_steps)
+        outcomes = run_oracle(trees, lambdas, settings.cost_unit_tokens, settings.max_strong_steps, cost_model)
         return [SweepPoint(settings.name, float(lam), played) for lam, played in zip(lambdas, outcomes)]

@@ -1,8 +1,16 @@
 """Query-level routers: send the whole query to one model, and the signals they route on.
 
 A query-level router answers a query with the weak model's solution or escalates it to the strong
-model's solution (the recorded weak-only and strong-only runs). Escalation costs the strong-only
-run's tokens; accuracy is ``strong_only_correct`` where escalated, else ``weak_only_correct``.
+model's solution (the recorded weak-only and strong-only runs). Accuracy is ``strong_only_correct``
+where escalated, else ``weak_only_correct``.
+
+**Cost** (:func:`query_level_cost`, in the cost units of a ``cost=`` model, :mod:`trim_env.cost`):
+a router that decides from query inputs before any model runs (classifier, knn) pays one anchor
+run per query, :func:`~trim_env.cost.anchor_cost` of strong-only where escalated, else of
+weak-only. AutoMix pays the weak-only run and the PRM's check of it for every query (one PRM call
+reading the prompt and the whole weak solution, decoding nothing) and the strong-only run where
+escalated. Under the default strong tokens the weak and PRM calls are free: an escalated query
+costs the strong-only run's tokens, any other nothing.
 Every router here is a *confidence* per query that the weak model is right, and escalates when the
 confidence is below a threshold τ (τ = 0: never; τ > 1: always):
 
@@ -26,6 +34,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from trim_env import metrics
+from trim_env.cost import CostModel, StrongTokensCost, anchor_cost, check_trees
 from trim_env.evaluation import Outcomes, run_thresholds
 from trim_env.tree import RolloutTrees
 
@@ -44,18 +53,51 @@ def weak_solution_scores(trees: RolloutTrees) -> dict[str, np.ndarray]:
     return {"min": trees.path_min_prm[final].astype(np.float64), "last": trees.step_prm[final].astype(np.float64)}
 
 
-def route_queries(trees: RolloutTrees, escalate: np.ndarray) -> Outcomes:
+def weak_solution_check_cost(cost_model: CostModel, trees: RolloutTrees) -> np.ndarray:
+    """Cost units of AutoMix's check of each query's weak solution: one PRM call that reads the
+    prompt and the whole weak-only solution and decodes nothing (free under strong tokens)."""
+    read = trees.weak_only_tokens.astype(np.int64)
+    if cost_model.charges_prefill:
+        check_trees(cost_model, trees)
+        assert trees.prompt_tokens is not None
+        read = read + trees.prompt_tokens.astype(np.int64)
+    return cost_model.call_cost("prm", read, np.zeros_like(read)) / cost_model.unit
+
+
+def query_level_cost(cost_model: CostModel, trees: RolloutTrees, escalate: np.ndarray, checks_weak_solution: bool) -> np.ndarray:
+    """Cost units of each query under a query-level router (see the module docstring).
+
+    :param cost_model: the cost model.
+    :param trees: the split; its weak-only and strong-only records are priced.
+    :param escalate: one boolean per query: answered by the strong-only run.
+    :param checks_weak_solution: the router runs the weak model and checks its solution with the PRM
+        on every query before deciding (AutoMix); ``False``: it decides from query inputs, and a
+        query costs exactly one anchor run.
+    """
+    strong = np.where(escalate, anchor_cost(cost_model, trees, "strong_only"), 0.0)
+    weak = anchor_cost(cost_model, trees, "weak_only")
+    if checks_weak_solution:
+        return weak + weak_solution_check_cost(cost_model, trees) + strong
+    return np.where(escalate, strong, weak)
+
+
+def route_queries(
+    trees: RolloutTrees, escalate: np.ndarray, cost_model: CostModel | None = None, checks_weak_solution: bool = False
+) -> Outcomes:
     """Outcomes of answering each query with the strong-only run where ``escalate``, else the weak-only run.
 
     ``escalations`` counts escalated queries (0/1); ``final_node`` is -1 because the strong-only run
-    need not be a path of a capped tree.
+    need not be a path of a capped tree; ``cost`` is :func:`query_level_cost`.
 
     :param trees: the split; its weak-only and strong-only records are used.
     :param escalate: one boolean per query.
+    :param cost_model: what ``cost`` is in (default strong tokens).
+    :param checks_weak_solution: every query's weak solution is run and checked by the PRM first (AutoMix).
     """
     escalate = np.asarray(escalate, dtype=bool)
     if escalate.shape != (trees.num_queries,):
         raise ValueError(f"escalate has shape {escalate.shape}, expected ({trees.num_queries},) (one per query)")
+    cost = query_level_cost(StrongTokensCost() if cost_model is None else cost_model, trees, escalate, checks_weak_solution)
     return Outcomes(
         query=np.arange(trees.num_queries),
         correct=np.where(escalate, trees.strong_only_correct, trees.weak_only_correct).astype(np.int64),
@@ -64,21 +106,27 @@ def route_queries(trees: RolloutTrees, escalate: np.ndarray) -> Outcomes:
         cap_overrides=np.zeros(trees.num_queries, dtype=np.int64),
         steps=np.where(escalate, trees.strong_only_steps, trees.weak_only_steps).astype(np.int64),
         final_node=np.full(trees.num_queries, -1, dtype=np.int64),
+        cost=cost,
     )
 
 
-def run_query_level(trees: RolloutTrees, confidence: np.ndarray, thresholds: np.ndarray | list[float]) -> list[Outcomes]:
+def run_query_level(
+    trees: RolloutTrees, confidence: np.ndarray, thresholds: np.ndarray | list[float],
+    cost_model: CostModel | None = None, checks_weak_solution: bool = False,
+) -> list[Outcomes]:
     """A query-level router for each threshold τ: escalate the queries whose confidence is below τ.
 
     :param trees: the split.
     :param confidence: per query, the router's confidence in [0, 1] that the weak model is right.
     :param thresholds: thresholds τ >= 0, one frontier point each.
+    :param cost_model: what the outcomes' ``cost`` is in (default strong tokens).
+    :param checks_weak_solution: the router runs and checks the weak solution of every query (AutoMix).
     """
     confidence = _check_confidence(confidence, trees.num_queries)
     taus = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     if taus.size == 0 or not np.isfinite(taus).all() or (taus < 0).any():
         raise ValueError(f"thresholds = {taus.tolist()} must be a non-empty list of finite numbers >= 0")
-    return [route_queries(trees, confidence < tau) for tau in taus]
+    return [route_queries(trees, confidence < tau, cost_model, checks_weak_solution) for tau in taus]
 
 
 def quantile_thresholds(confidence: np.ndarray, count: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from agents.baselines.query_level import (
 )
 from agents.export import WEIGHTS_FILE, read_router_config, write_router
 from agents.registry import registry
+from trim_env.cost import CostModel
 from trim_env.evaluation import Outcomes, validation_objective
 from trim_env.tree import RolloutTrees
 
@@ -176,8 +177,12 @@ class QueryLevelRouter(ABC):
     Settings: ClassVar[type[RouterSettings] | None] = None
     config_groups: ClassVar[dict[str, type]] = {}
     sweep_trains: ClassVar[bool] = False
-    #: The weak run is paid for every query (the router reads the weak solution before deciding);
-    #: otherwise only where the query is not escalated.
+    #: Priced under any ``cost=`` model (:func:`~agents.baselines.query_level.query_level_cost`)...
+    supports_cost_models: ClassVar[bool] = True
+    #: ...by its own sweep: an escalated query is answered by the strong-only run, not a path of the tree.
+    sweep_prices: ClassVar[bool] = True
+    #: The weak run, and the PRM's check of its solution, are paid for every query (the router
+    #: reads the weak solution before deciding); otherwise the weak run only where the query is not escalated.
     pays_weak_run: ClassVar[bool] = False
 
     def __init__(self, threshold: float = 0.0, config: dict[str, Any] | None = None) -> None:
@@ -203,9 +208,9 @@ class QueryLevelRouter(ABC):
         """The router's decisions: one boolean per query of ``trees``, True = answer with the strong model."""
         return self.confidence(trees) < self.threshold
 
-    def route(self, trees: RolloutTrees) -> Outcomes:
-        """Outcomes of routing every query of ``trees``."""
-        return route_queries(trees, self.escalate(trees))
+    def route(self, trees: RolloutTrees, cost_model: CostModel | None = None) -> Outcomes:
+        """Outcomes of routing every query of ``trees``, costed in ``cost_model`` (default strong tokens)."""
+        return route_queries(trees, self.escalate(trees), cost_model, self.pays_weak_run)
 
     def at(self, threshold: float, config: dict[str, Any]) -> QueryLevelRouter:
         """The same confidence with threshold τ = ``threshold`` and self-description ``config``."""
@@ -223,26 +228,30 @@ class QueryLevelRouter(ABC):
     # -- plugin lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def sweep(cls, settings: Any, trees: RolloutTrees, training: RolloutTrees | None = None) -> list[SweepPoint]:
-        """One point per τ at quantiles of the confidences on ``trees`` (learned on ``training`` first)."""
+    def sweep(
+        cls, settings: Any, trees: RolloutTrees, training: RolloutTrees | None = None, cost_model: CostModel | None = None
+    ) -> list[SweepPoint]:
+        """One point per τ at quantiles of the confidences on ``trees`` (learned on ``training`` first),
+        costed in ``cost_model`` (default strong tokens)."""
         settings.check()
         confidence = cls.learn(settings, training).confidence(trees)
         thresholds = quantile_thresholds(confidence, settings.n_thresholds)
         return [
             SweepPoint(settings.name, float(tau), outcomes, {"weak_tokens_per_query": cls.weak_tokens_per_query(trees, outcomes)})
-            for tau, outcomes in zip(thresholds, run_query_level(trees, confidence, thresholds))
+            for tau, outcomes in zip(thresholds, run_query_level(trees, confidence, thresholds, cost_model, cls.pays_weak_run))
         ]
 
     @classmethod
     def fit(cls, settings: Any, data: TrainingData, **groups: Any) -> Fitted:
-        """Learn on the training part of ``data``, then choose τ with the best return (accuracy − λ · cost) on its validation part."""
+        """Learn on the training part of ``data``, then choose τ with the best return (accuracy − λ · cost, in
+        ``data.cost_model``) on its validation part."""
         settings.check()
         learned = cls.learn(settings, data.trees.subset(data.train_queries) if cls.sweep_trains else None)
         confidence = learned.confidence(data.validation)
         thresholds = quantile_thresholds(confidence, settings.n_thresholds)
         scores = [
-            validation_objective(o.correct, o.strong_tokens, data.lam, data.cost_unit_tokens)
-            for o in run_query_level(data.validation, confidence, thresholds)
+            validation_objective(o.correct, o.cost, data.lam, data.cost_unit_tokens)
+            for o in run_query_level(data.validation, confidence, thresholds, data.cost_model, cls.pays_weak_run)
         ]
         best = int(np.argmax(scores))
         threshold = float(thresholds[best])

@@ -53,6 +53,8 @@ class RandomRouter(Router):
     kind = "random"
     observation_kind = "agg"
     Settings = RandomSettings
+    #: Its episodes are paths of the tree, priced by the evaluator under any ``cost=`` model.
+    supports_cost_models = True
 
     def __init__(self, probability: float, seed: int = 0, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)

@@ -25,7 +25,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from agents.base import PolicyKind, RouterSettings, check_cost_support
+from agents.base import PolicyKind, RouterSettings, check_cost_support, sweep_points
 from agents.cli import config_dir
 from agents.cli.common import (
     read_bool,
@@ -38,7 +38,7 @@ from agents.cli.common import (
 )
 from agents.registry import registry
 from trim_env.data import load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, results_config, with_path_cost, write_results
+from trim_env.evaluation import anchor_points, make_point, reference, results_config, write_results
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.tree import RolloutTrees
 
@@ -76,9 +76,8 @@ def baseline_points(trees: RolloutTrees, cfg: DictConfig, training: Callable[[],
     points: list[dict[str, Any]] = []
     for kind, settings in baseline_kinds(cfg):
         learn_on = {"training": training()} if kind.sweep_trains else {}
-        for swept in kind.sweep(settings, trees, **learn_on):
-            outcomes = with_path_cost(trees, swept.outcomes, cost_model)
-            points.append({**make_point(swept.label, swept.parameter, outcomes, anchors, cost_model), **swept.extra})
+        for swept in sweep_points(kind, settings, trees, cost_model, **learn_on):
+            points.append({**make_point(swept.label, swept.parameter, swept.outcomes, anchors, cost_model), **swept.extra})
     return points
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from agents.base import PolicyKind, check_cost_support
+from agents.base import PolicyKind, check_cost_support, sweep_points
 from agents.cli import config_dir
 from agents.cli.common import (
     read_bool,
@@ -33,7 +33,7 @@ from agents.cli.common import (
 )
 from agents.registry import registry
 from trim_env.data import growth_source, load_trees
-from trim_env.evaluation import anchor_points, make_point, reference, results_config, with_path_cost, write_results
+from trim_env.evaluation import anchor_points, make_point, reference, results_config, write_results
 from trim_env.tree import RolloutTrees
 
 #: What an evaluation writes into its directory.
@@ -67,9 +67,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     )
     anchors = reference(trees, cost_model)
     points = anchor_points(trees, cost_model)
-    for swept in policy_class.sweep(settings, trees, **learning_split(cfg, policy_class)):
-        outcomes = with_path_cost(trees, swept.outcomes, cost_model)
-        points.append({**make_point(swept.label, swept.parameter, outcomes, anchors, cost_model), **swept.extra})
+    for swept in sweep_points(policy_class, settings, trees, cost_model, **learning_split(cfg, policy_class)):
+        points.append({**make_point(swept.label, swept.parameter, swept.outcomes, anchors, cost_model), **swept.extra})
     trees.flush()
     return points
 
