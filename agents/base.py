@@ -257,5 +257,5 @@ def check_cost_support(kind: type, name: str, cost_model: CostModel) -> None:
     raise ValueError(
         f"cost = {cost_model.name!r}: cost models other than strong_tokens are not wired yet for policy {name!r} "
         "(issue #14: its planning cost or its points are still in strong tokens); use cost=strong_tokens, "
-        "or a policy that supports them (thr, agg, seq)"
+        "or a policy that supports them (thr, agg, seq, pomdp)"
     )

@@ -231,7 +231,7 @@ def test_a_default_run_records_no_cost_and_no_cost_fields(tiny_dataset_dir: Path
     assert "cost" not in json.loads((tmp_path / "router" / "config.json").read_text())
 
 
-@pytest.mark.parametrize("policy", ["pomdp", "first_step"])
+@pytest.mark.parametrize("policy", ["first_step"])
 def test_a_policy_not_wired_for_cost_models_is_refused_naming_cost(tiny_dataset_dir: Path, tmp_path: Path, policy: str) -> None:
     cfg = compose_config(f"policy={policy}", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "cost=price")
     with pytest.raises(ValueError, match=rf"cost = 'price': .* not wired yet for policy '{policy}'"):

@@ -5,7 +5,17 @@ records), the trees give the transitions: the weak model's next-step accuracy ``
 correct prefix), the strong model's ``p_s``, the termination hazards of weak and strong steps
 ``h(t)``, the final-answer accuracy of a clean and of a derailed solution, and the step-length
 distribution: token bins of the weak proposal, their frequencies, and the mean length of the
-strong rewrite of a proposal in each bin (its predicted cost).
+strong rewrite of a proposal in each bin (its predicted cost in strong tokens).
+
+**Under a cost model** (``cost=price|flops|latency``, :mod:`trim_env.cost`) the predicted cost of
+regenerating a proposal of a token bin is :func:`regeneration_cost`: the mean, over the trees'
+(node, rewrite) pairs whose proposal falls in the bin, of what regenerating costs *beyond*
+continuing, ``step_cost(regenerate) − step_cost(continue)``: the strong call and the PRM's scoring
+of the rewrite. The weak proposal and its score are paid before the decision, whatever it is, so
+they do not enter it. In strong tokens that difference is the rewrite's strong tokens, so the
+model is the strong-token one exactly. The mean is over every prefix length: a deployed router
+knows how long its prefix is, and under a model that charges prefill a rewrite late in a solution
+costs more than an early one, which a per-bin mean averages out.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import numpy as np
 
 from agents.pomdp.model import N_STATES, PomdpFitError, PomdpModel
 from agents.pomdp.observation import ScoreSamples, fit_observation_model, observation_samples_from_trees
+from trim_env.cost import CostModel, StrongTokensCost, step_cost
 from trim_env.tree import MAX_STEPS, STATE_CORRECT, UNKNOWN_STATE, RolloutTrees
 
 #: Version of the fitting method; part of the key of cached fitted models, so bump it whenever
@@ -58,6 +69,23 @@ def _weak_only_pairs(trees: RolloutTrees) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parents), np.concatenate(children)
 
 
+def regeneration_cost(cost_model: CostModel, trees: RolloutTrees, nodes: np.ndarray, token_edges: np.ndarray) -> np.ndarray:
+    """Mean cost units of regenerating rather than continuing, per token bin of the weak proposal.
+
+    :param cost_model: prices the calls (:func:`trim_env.cost.step_cost`).
+    :param trees: the trees.
+    :param nodes: decision nodes with both a weak and a strong child.
+    :param token_edges: token bin edges of the proposal (first 0, last inf).
+    :returns: one mean per bin (0 for a bin without nodes).
+    """
+    nodes = np.asarray(nodes, dtype=np.int64)
+    regenerate = step_cost(cost_model, trees, nodes, trees.strong_child[nodes], np.ones(len(nodes), dtype=bool))
+    proceed = step_cost(cost_model, trees, nodes, trees.weak_child[nodes], np.zeros(len(nodes), dtype=bool))
+    k = len(token_edges) - 1
+    token_bin = np.searchsorted(token_edges, trees.step_tokens[trees.weak_child[nodes]], side="right") - 1
+    return np.bincount(token_bin, weights=regenerate - proceed, minlength=k) / np.maximum(np.bincount(token_bin, minlength=k), 1)
+
+
 def fit_model(
     trees: RolloutTrees,
     bin_edges: np.ndarray,
@@ -67,6 +95,7 @@ def fit_model(
     min_at_risk: int = 50,
     source: dict[str, Any] | None = None,
     token_evidence: bool = False,
+    cost_model: CostModel | None = None,
 ) -> PomdpModel:
     """Fit every part of the POMDP from cached trees (and optionally labelled records).
 
@@ -85,6 +114,8 @@ def fit_model(
     :param source: provenance to record in the model.
     :param token_evidence: also fit ``P(token bin of a weak step | state)``, so that filter and
         planner read a weak step's length as evidence beside its score.
+    :param cost_model: prices a rewrite (:func:`regeneration_cost`; ``None`` or strong tokens: its
+        strong tokens, ``rewrite_tokens``, and the model carries no ``rewrite_cost``).
     """
     if trees.num_queries == 0:
         raise PomdpFitError("trees: no queries to fit transitions from")
@@ -131,6 +162,9 @@ def fit_model(
     rewrite_tokens = np.bincount(pair_bin, weights=trees.step_tokens[strong], minlength=k) / np.maximum(
         np.bincount(pair_bin, minlength=k), 1
     )
+    rewrite_cost, cost_settings = None, None
+    if cost_model is not None and not isinstance(cost_model, StrongTokensCost):
+        rewrite_cost, cost_settings = regeneration_cost(cost_model, trees, with_strong, token_edges), cost_model.to_dict()
     all_bins = np.searchsorted(token_edges, trees.step_tokens[weak], side="right") - 1
     token_probability = np.bincount(all_bins, minlength=k) / len(all_bins)
     token_likelihood = None
@@ -151,6 +185,8 @@ def fit_model(
         token_bin_probability=token_probability,
         rewrite_tokens=rewrite_tokens,
         token_likelihood=token_likelihood,
+        rewrite_cost=rewrite_cost,
+        cost_model=cost_settings,
         source={
             **(source or {}),
             "fit_version": FIT_VERSION,

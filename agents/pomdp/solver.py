@@ -7,7 +7,8 @@ depends on one number only, the probability ``π`` that the prefix is still clea
 - continue: ``π = b0``; the solution ends after the weak step with hazard ``h_w(t)``, earning
   ``R(π) = π·q_clean + (1 − π)·q_derailed``; otherwise the next weak proposal arrives with prior
   ``(π·p_w, 1 − π, π·(1 − p_w))`` and its observation;
-- regenerate: pay ``λ·rewrite_tokens[k] / cost_unit`` (``k`` = token bin of the proposal); the
+- regenerate: pay ``λ·cost_k / cost_unit`` (``k`` = token bin of the proposal; ``cost_k`` the
+  model's :attr:`~agents.pomdp.model.PomdpModel.regeneration_cost`, strong tokens or cost units); the
   rewrite is correct with ``p_s`` if the prefix before it was clean, probability ``c = b0 + b2``;
   optionally its own PRM score is observed; then it ends with ``h_s(t)`` or the next proposal arrives.
 
@@ -184,7 +185,8 @@ class SolvedPolicy:
     already in the prefix; ``regenerate_value[t - 1, u]`` is ``Ws_t`` (before the rewrite cost)
     on the grid of ``c = b0 + b2``; ``start_value[t - 1, u]`` is ``U_t``. Without a cap on strong
     steps there is one level ``u = 0``; with cap K there are K + 1 and level K cannot regenerate.
-    ``rewrite_cost[k]`` is ``λ · rewrite_tokens[k] / cost_unit_tokens``.
+    ``rewrite_cost[k]`` is ``λ · regeneration_cost[k] / cost_unit_tokens`` (the model's cost of a
+    rewrite of a proposal in token bin k: strong tokens, or cost units under a cost model).
     """
 
     continue_value: np.ndarray
@@ -243,7 +245,8 @@ def solve(
     """Backward induction over steps T..1 on a grid of the clean-prefix probability.
 
     :param model: the fitted POMDP.
-    :param lam: cost weight λ >= 0 (reward = correct − λ · strong tokens / cost_unit_tokens).
+    :param lam: cost weight λ >= 0 (reward = correct − λ · cost / cost_unit_tokens, the cost in
+        the model's unit: strong tokens, or cost units of its cost model).
     :param cost_unit_tokens: strong tokens per cost unit (> 0), as the environment's.
     :param emissions: planning observation probabilities (:func:`planning_emissions`).
     :param grid_size: grid points on [0, 1] (>= 3); the error bound falls about as 1/grid_size.
@@ -263,7 +266,7 @@ def solve(
     start = time.perf_counter()
     p_w, p_s = model.weak_step_accuracy, model.strong_step_accuracy
     q_clean, q_derailed = model.final_correct_clean, model.final_correct_derailed
-    costs = lam * np.asarray(model.rewrite_tokens, dtype=np.float64) / cost_unit_tokens
+    costs = lam * model.regeneration_cost / cost_unit_tokens
     token_probability = np.asarray(model.token_bin_probability, dtype=np.float64)
     if emissions.token_bins not in (1, len(costs)):
         raise ValueError(f"emissions observe {emissions.token_bins} token bins, the model has {len(costs)}")
