@@ -24,17 +24,35 @@ from trim_env.tree import RolloutTrees, load_split
 UNIT = 10.0
 
 
-def test_the_regeneration_cost_of_a_token_bin_is_the_mean_strong_and_prm_calls_of_its_rewrites_by_hand() -> None:
+def test_the_regeneration_cost_of_a_step_and_token_bin_is_the_mean_strong_and_prm_calls_of_its_rewrites_by_hand() -> None:
     trees = hand_tree()
-    nodes = np.array([0, 1, 2])  # proposals of 10, 5 and 6 tokens; rewrites of 20, 8 and 7 tokens
+    nodes = np.array([0, 1, 2])  # step 1 at node 0, step 2 at nodes 1 and 2; proposals of 10, 5 and 6 tokens
     edges = np.array([0.0, 8.0, np.inf])  # bin 0: the proposals of nodes 1 and 2; bin 1: node 0's
     # In USD per 1e6 (PRICE: strong 3 in / 10 out, PRM 4 in): strong(prefix, rewrite) + prm(prefix + rewrite).
-    # node 0 (prefix 100): 300 + 200 + 480; node 1 (prefix 110): 330 + 80 + 472; node 2 (prefix 120): 360 + 70 + 508.
-    # The weak proposal and its PRM call are paid whether the step is regenerated or not: not counted.
-    by_hand = np.array([(330 + 80 + 472 + 360 + 70 + 508) / 2, 300 + 200 + 480]) / 1e6 / PRICE.unit
-    np.testing.assert_allclose(regeneration_cost(PRICE, trees, nodes, edges), by_hand, rtol=1e-12)
+    # node 0 (prefix 100, rewrite 20): 300 + 200 + 480; node 1 (prefix 110, rewrite 8): 330 + 80 + 472;
+    # node 2 (prefix 120, rewrite 7): 360 + 70 + 508. The weak proposal and its PRM call are paid
+    # whether the step is regenerated or not: not counted.
+    node_0, nodes_1_2 = (300 + 200 + 480) / 1e6 / PRICE.unit, (330 + 80 + 472 + 360 + 70 + 508) / 2 / 1e6 / PRICE.unit
+    by_hand = np.array([
+        [nodes_1_2, node_0],  # step 1: bin 0 has no pair there and pools steps >= 1
+        [nodes_1_2, node_0],  # step 2: bin 1 has no pair from step 2 on and takes its mean over all steps
+        [nodes_1_2, node_0],  # step 3: no pair at all from here: each bin's mean over all steps
+    ])
+    np.testing.assert_allclose(regeneration_cost(PRICE, trees, nodes, edges, horizon=3, min_samples=1), by_hand, rtol=1e-12)
+    # A cell with fewer pairs than min_samples pools its bin from its step on: step 2, bin 0 still has two.
+    np.testing.assert_allclose(regeneration_cost(PRICE, trees, nodes, edges, horizon=3, min_samples=2), by_hand, rtol=1e-12)
     # In strong tokens the extra cost of regenerating is the rewrite's length, which the model always charged.
-    np.testing.assert_array_equal(regeneration_cost(StrongTokensCost(), trees, nodes, edges), [(8 + 7) / 2, 20])
+    np.testing.assert_array_equal(regeneration_cost(StrongTokensCost(), trees, nodes, edges, horizon=2, min_samples=1),
+                                  [[(8 + 7) / 2, 20], [(8 + 7) / 2, 20]])
+
+
+def test_a_rewrite_late_in_a_solution_costs_more_than_an_early_one_under_price() -> None:
+    trees = hand_tree()
+    # Bins that split nodes 1 and 2 (proposals of 5 and 6 tokens): a cell each, at step 2 with node 0's cell at step 1.
+    edges = np.array([0.0, 5.5, np.inf])
+    table = regeneration_cost(PRICE, trees, np.array([0, 1, 2]), edges, horizon=2, min_samples=1)
+    np.testing.assert_allclose(table[1], np.array([330 + 80 + 472, 360 + 70 + 508]) / 1e6 / PRICE.unit, rtol=1e-12)
+    np.testing.assert_allclose(table[0, 1], (300 + 200 + 480) / 1e6 / PRICE.unit, rtol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +70,21 @@ def test_a_model_fitted_in_strong_tokens_is_the_model_it_always_was(train_trees:
     assert "rewrite_cost" not in default.to_dict() and "cost_model" not in default.to_dict()
     np.testing.assert_array_equal(default.regeneration_cost, default.rewrite_tokens)
     with_rewrite = np.flatnonzero(~train_trees.terminal & (train_trees.strong_child >= 0))
-    np.testing.assert_allclose(regeneration_cost(StrongTokensCost(), train_trees, with_rewrite, default.token_edges),
-                               default.rewrite_tokens, rtol=1e-12)
+    # Every cell pooled from its step on: step 1's pools all steps, and the strong-token extra cost is the rewrite's length.
+    pooled = regeneration_cost(StrongTokensCost(), train_trees, with_rewrite, default.token_edges, default.horizon, min_samples=10**9)
+    np.testing.assert_allclose(pooled[0], default.rewrite_tokens, rtol=1e-12)
 
 
 def test_a_priced_model_carries_its_rewrite_costs_and_cost_model_through_saving(train_trees: RolloutTrees, tmp_path: Path) -> None:
     model = fit(train_trees, PriceCost())
     assert model.cost_model == PriceCost().to_dict()
     with_rewrite = np.flatnonzero(~train_trees.terminal & (train_trees.strong_child >= 0))
-    np.testing.assert_array_equal(model.regeneration_cost, regeneration_cost(PriceCost(), train_trees, with_rewrite, model.token_edges))
+    np.testing.assert_array_equal(model.regeneration_cost,
+                                  regeneration_cost(PriceCost(), train_trees, with_rewrite, model.token_edges, model.horizon, 50))
+    assert model.regeneration_cost.shape == (model.horizon, len(model.rewrite_tokens))
     # A rewrite pays the strong call and the PRM's reading of the whole prefix: more units than its strong tokens.
     assert (model.regeneration_cost > model.rewrite_tokens).all()
+    assert model.regeneration_cost[-1].mean() > model.regeneration_cost[0].mean()  # and the prefix grows along a solution
     loaded = PomdpModel.load(model.save(tmp_path / "model.json"))
     np.testing.assert_array_equal(loaded.regeneration_cost, model.regeneration_cost)
     assert loaded.cost_model == model.cost_model

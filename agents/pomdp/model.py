@@ -15,7 +15,7 @@ irrecoverable), ``S2`` = 2 (only the proposed step is wrong: a strong rewrite ca
 
 **Cost of a rewrite.** In strong tokens (``cost=strong_tokens``) a rewrite costs the strong
 tokens it decodes: ``rewrite_tokens``. Under another cost model (:mod:`trim_env.cost`) the model
-also carries ``rewrite_cost`` (cost units per token bin) and the cost model's settings
+also carries ``rewrite_cost`` (cost units per step and token bin) and the cost model's settings
 (``cost_model``); :attr:`PomdpModel.regeneration_cost` is what the solver charges either way. A
 model fitted in strong tokens has neither field, and its file is what it always was.
 
@@ -168,16 +168,17 @@ class PomdpModel:
     #: ``P(token bin of a weak step | state)``, shape (3, token bins), when a weak step's length is
     #: used as evidence beside its PRM score (wrong steps tend to be longer); ``None``: scores only.
     token_likelihood: np.ndarray | None = None
-    #: Mean extra cost (cost units) of regenerating rather than continuing at a proposal in each
-    #: token bin, under the cost model ``cost_model`` (its ``to_dict()``); both ``None``: strong
-    #: tokens, where that cost is ``rewrite_tokens``.
+    #: Mean extra cost (cost units) of regenerating rather than continuing, shape (horizon, token
+    #: bins): row t - 1 at step t, under the cost model ``cost_model`` (its ``to_dict()``); both
+    #: ``None``: strong tokens, where that cost is ``rewrite_tokens`` whatever the step.
     rewrite_cost: np.ndarray | None = None
     cost_model: dict[str, Any] | None = None
 
     @property
     def regeneration_cost(self) -> np.ndarray:
-        """Cost units the solver charges for regenerating a proposal in each token bin:
-        ``rewrite_cost`` under a cost model, else the rewrite's strong tokens ``rewrite_tokens``."""
+        """What the solver charges for regenerating a proposal of each token bin: under a cost model
+        ``rewrite_cost`` (cost units, shape (horizon, bins)), else the rewrite's strong tokens
+        ``rewrite_tokens`` (shape (bins,), the same at every step)."""
         return np.asarray(self.rewrite_tokens if self.rewrite_cost is None else self.rewrite_cost, dtype=np.float64)
 
     @property
@@ -213,8 +214,9 @@ class PomdpModel:
                 raise ValueError(f"{where}: field 'cost_model' = {self.cost_model!r} is not a cost model's settings ({error})") from None
         if self.rewrite_cost is not None:
             cost = np.asarray(self.rewrite_cost)
-            if cost.shape != (k,) or not np.isfinite(cost).all() or (cost < 0).any():
-                raise ValueError(f"{where}: field 'rewrite_cost' = {cost.tolist()} must be {k} costs >= 0 (cost units, one per token bin)")
+            if cost.shape != (self.horizon, k) or not np.isfinite(cost).all() or (cost < 0).any():
+                raise ValueError(f"{where}: field 'rewrite_cost' (shape {cost.shape}) must hold costs >= 0 (cost units), "
+                                 f"one per step and token bin: shape ({self.horizon}, {k})")
         if self.token_likelihood is not None:
             if np.shape(self.token_likelihood) != (N_STATES, k):
                 raise ValueError(f"{where}: field 'token_likelihood' must have shape ({N_STATES}, {k}) (states x token bins)")

@@ -12,13 +12,14 @@ An exported router directory holds ``config.json`` (:func:`agents.export.write_r
 with the observations the chosen belief filter reads: :func:`planning_for`); there are no
 environment steps.
 
-**Cost models.** Under ``cost=price|flops|latency`` the fit prices a rewrite in cost units
-(:func:`agents.pomdp.fit.regeneration_cost`: the strong call and its PRM scoring, beyond the weak
-proposal and its scoring that every step pays), the solver charges that, and the validation
-objective is the priced return, as the environment's. The model file records the cost model, the
-router's ``config.json`` too (``cost``), and every re-solve at another λ (an operating point, the
-server) reuses the fitted costs. A router is scored under any cost model (``policy=router``, as
-every kind: e.g. a strong-token router in dollars); it plans with the one it was fitted under.
+**Cost models.** Under ``cost=price|flops|latency`` the fit prices a rewrite in cost units per
+step and token bin (:func:`agents.pomdp.fit.regeneration_cost`: the strong call and its PRM
+scoring, beyond the weak proposal and its scoring that every step pays), the solver charges that
+at each step, and the validation objective is the priced return, as the environment's. The model
+file records the cost model, the router's ``config.json`` too (``cost``), and every re-solve at
+another λ (an operating point, the server) reuses the fitted costs. A router is scored under any
+cost model (``policy=router``, as every kind: e.g. a strong-token router in dollars); it plans
+with the one it was fitted under.
 """
 
 from __future__ import annotations
@@ -126,10 +127,10 @@ class PomdpRouter(Router):
         super().__init__(config)
         if belief_filter not in FILTERS:
             raise ValueError(f"filter = {belief_filter!r} is not one of {list(FILTERS)}")
-        if policy.horizon != model.horizon or len(policy.rewrite_cost) != len(model.rewrite_tokens):
+        if policy.horizon != model.horizon or policy.rewrite_cost.shape != model.regeneration_cost.shape:
             raise ValueError(
-                f"solved policy (horizon {policy.horizon}, {len(policy.rewrite_cost)} token bins) does not fit the model "
-                f"(horizon {model.horizon}, {len(model.rewrite_tokens)} token bins)"
+                f"solved policy (horizon {policy.horizon}, rewrite costs of shape {policy.rewrite_cost.shape}) does not fit the "
+                f"model (horizon {model.horizon}, rewrite costs of shape {model.regeneration_cost.shape})"
             )
         self.model = model
         self.policy = policy
