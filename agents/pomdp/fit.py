@@ -15,7 +15,10 @@ of the rewrite. The weak proposal and its score are paid before the decision, wh
 they do not enter it. The step matters because those calls read the whole prefix, which grows
 along a solution: under ``price`` a rewrite at step 10 costs several times one at step 1. In
 strong tokens the difference is the rewrite's strong tokens and does not depend on the step, so
-the model is the strong-token one exactly (per bin, ``rewrite_tokens``).
+the model is the strong-token one exactly (per bin, ``rewrite_tokens``). Left out: the later
+steps' calls, which a decision moves only indirectly (a strong step ends a solution with another
+hazard than a weak one, and its length changes every later prefix); the planner's value holds no
+per-step cost, so it treats them as paid whatever the router does.
 """
 
 from __future__ import annotations
