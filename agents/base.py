@@ -259,9 +259,9 @@ def check_cost_support(kind: type, name: str, cost_model: CostModel) -> None:
     if isinstance(cost_model, StrongTokensCost) or getattr(kind, "supports_cost_models", False):
         return
     raise ValueError(
-        f"cost = {cost_model.name!r}: cost models other than strong_tokens are not wired yet for policy {name!r} "
-        "(issue #14: its planning cost or its points are still in strong tokens); use cost=strong_tokens, "
-        "or a policy that supports them (e.g. thr, agg, seq, the baselines of trim-baselines)"
+        f"cost = {cost_model.name!r}: cost models other than strong_tokens are not supported by policy {name!r} "
+        "(its class does not set supports_cost_models: its planning cost or its points would be in strong tokens); use cost=strong_tokens, "
+        "or a policy kind that sets supports_cost_models (every built-in kind does)"
     )
 
 

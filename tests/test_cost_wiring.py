@@ -18,11 +18,12 @@ from test_cost import PRICE, hand_tree
 from test_store import play_side_by_side
 from test_train import compose_config, overrides, run_script
 
-from agents.base import TrainingData
+from agents.base import TrainingData, check_cost_support
 from agents.checkpoints import CHECKPOINT_DIR, CHECKPOINT_PREFIX, state_file
 from agents.cli import frontier
 from agents.cli.train import check_resumed_config, train
 from agents.export import load_router
+from agents.registry import registry
 from agents.threshold import ThresholdRouter, ThresholdSettings
 from trim_env.cost import CostModel, FlopsCost, PriceCost, StrongTokensCost, anchor_cost, path_cost
 from trim_env.data import growth_source, load_trees
@@ -231,12 +232,13 @@ def test_a_default_run_records_no_cost_and_no_cost_fields(tiny_dataset_dir: Path
     assert "cost" not in json.loads((tmp_path / "router" / "config.json").read_text())
 
 
-@pytest.mark.parametrize("policy", ["pomdp"])
-def test_a_policy_not_wired_for_cost_models_is_refused_naming_cost(tiny_dataset_dir: Path, tmp_path: Path, policy: str) -> None:
-    cfg = compose_config(f"policy={policy}", f"data.path={tiny_dataset_dir}", "data.persist_growth=false", "cost=price")
-    with pytest.raises(ValueError, match=rf"cost = 'price': .* not wired yet for policy '{policy}'"):
-        train(cfg, tmp_path)
-    assert not (tmp_path / "router").exists()
+def test_every_registered_kind_supports_cost_models_and_one_that_does_not_is_refused_naming_cost() -> None:
+    names = registry().names
+    assert len(names) >= 12 and all(getattr(registry().policy(name), "supports_cost_models", False) for name in names)
+    plugin = type("PluginRouter", (), {})  # a third-party kind that never said it prices its points
+    with pytest.raises(ValueError, match=r"cost = 'price': .* not supported by policy 'plugin'.*supports_cost_models"):
+        check_cost_support(plugin, "plugin", PriceCost())
+    check_cost_support(plugin, "plugin", StrongTokensCost())  # strong tokens: every kind
 
 
 def test_a_run_killed_before_cost_existed_resumes_as_strong_tokens_only(tiny_dataset_dir: Path, tmp_path: Path) -> None:

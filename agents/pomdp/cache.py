@@ -2,7 +2,8 @@
 
 Fitting does not depend on λ, so a sweep fits once: the fitted model is saved as JSON under a key
 made of the data's identity, the fitting queries, :data:`~agents.pomdp.fit.FIT_VERSION` and the
-:class:`FitSettings` (plus the content hash of the observation records, if any). Parallel
+:class:`FitSettings` (plus the content hash of the observation records, if any, and the cost
+model's settings when it is not strong tokens: a priced model carries its rewrite costs). Parallel
 multirun jobs share one fit through a file lock.
 """
 
@@ -21,6 +22,7 @@ from agents.pomdp.fit import FIT_VERSION, fit_model
 from agents.pomdp.model import PomdpModel, uniform_bin_edges
 from agents.pomdp.observation import observation_samples_from_processbench
 from trim_env import atomic
+from trim_env.cost import CostModel, StrongTokensCost
 from trim_env.tree import RolloutTrees
 
 
@@ -38,7 +40,7 @@ class FitSettings:
 
 
 def fit_or_load(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_key: str,
-                cache_dir: str | Path | None) -> tuple[PomdpModel, float, bool]:
+                cache_dir: str | Path | None, cost_model: CostModel | None = None) -> tuple[PomdpModel, float, bool]:
     """The model fitted on ``queries`` of ``trees`` with ``settings``, from the cache when fitted before.
 
     :param trees: the train split.
@@ -46,6 +48,7 @@ def fit_or_load(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings,
     :param settings: fit settings.
     :param data_key: identifies the dataset (its content hash and split).
     :param cache_dir: where fitted models are kept (``None``: always fit).
+    :param cost_model: prices a rewrite (:func:`~agents.pomdp.fit.fit_model`; ``None``: strong tokens).
     :returns: (model, seconds spent fitting or loading it, whether it came from the cache).
     """
     queries = np.asarray(queries, dtype=np.int64)
@@ -56,10 +59,12 @@ def fit_or_load(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings,
         if not records_path.exists():
             raise FileNotFoundError(f"policy.observation_data = {records_path}: file not found")
         key_source["observation_data"] = atomic.file_sha256(records_path)
+    if cost_model is not None and not isinstance(cost_model, StrongTokensCost):  # strong-token keys stay what they were
+        key_source["cost"] = cost_model.to_dict()
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
     start = time.perf_counter()
     if cache_dir is None:
-        return _fit(trees, queries, settings, data_key, records_path), time.perf_counter() - start, False
+        return _fit(trees, queries, settings, data_key, records_path, cost_model), time.perf_counter() - start, False
     cached = Path(cache_dir) / f"pomdp-model-{key}.json"
     cached.parent.mkdir(parents=True, exist_ok=True)
     # Parallel multirun jobs (one per λ) share the fit: the first takes the lock and fits, the others wait and load.
@@ -67,12 +72,13 @@ def fit_or_load(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if cached.exists():
             return PomdpModel.load(cached), time.perf_counter() - start, True
-        model = _fit(trees, queries, settings, data_key, records_path)
+        model = _fit(trees, queries, settings, data_key, records_path, cost_model)
         model.save(cached)
     return model, time.perf_counter() - start, False
 
 
-def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_key: str, records_path: Path | None) -> PomdpModel:
+def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_key: str, records_path: Path | None,
+         cost_model: CostModel | None) -> PomdpModel:
     samples = None
     if records_path is not None:
         try:
@@ -85,5 +91,5 @@ def _fit(trees: RolloutTrees, queries: np.ndarray, settings: FitSettings, data_k
     return fit_model(
         trees.subset(queries), uniform_bin_edges(settings.bins), settings.token_bins, samples, settings.floor,
         source={"data": data_key, "n_fit_queries": len(queries), "settings": asdict(settings)},
-        token_evidence=settings.token_evidence,
+        token_evidence=settings.token_evidence, cost_model=cost_model,
     )

@@ -5,7 +5,20 @@ records), the trees give the transitions: the weak model's next-step accuracy ``
 correct prefix), the strong model's ``p_s``, the termination hazards of weak and strong steps
 ``h(t)``, the final-answer accuracy of a clean and of a derailed solution, and the step-length
 distribution: token bins of the weak proposal, their frequencies, and the mean length of the
-strong rewrite of a proposal in each bin (its predicted cost).
+strong rewrite of a proposal in each bin (its predicted cost in strong tokens).
+
+**Under a cost model** (``cost=price|flops|latency``, :mod:`trim_env.cost`) the predicted cost of
+regenerating is :func:`regeneration_cost`, per step t and token bin of the proposal: the mean, over
+the trees' (node, rewrite) pairs of that step and bin, of what regenerating costs *beyond*
+continuing, ``step_cost(regenerate) − step_cost(continue)``: the strong call and the PRM's scoring
+of the rewrite. The weak proposal and its score are paid before the decision, whatever it is, so
+they do not enter it. The step matters because those calls read the whole prefix, which grows
+along a solution: under ``price`` a rewrite at step 10 costs several times one at step 1. In
+strong tokens the difference is the rewrite's strong tokens and does not depend on the step, so
+the model is the strong-token one exactly (per bin, ``rewrite_tokens``). Left out: the later
+steps' calls, which a decision moves only indirectly (a strong step ends a solution with another
+hazard than a weak one, and its length changes every later prefix); the planner's value holds no
+per-step cost, so it treats them as paid whatever the router does.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import numpy as np
 
 from agents.pomdp.model import N_STATES, PomdpFitError, PomdpModel
 from agents.pomdp.observation import ScoreSamples, fit_observation_model, observation_samples_from_trees
+from trim_env.cost import CostModel, StrongTokensCost, step_cost
 from trim_env.tree import MAX_STEPS, STATE_CORRECT, UNKNOWN_STATE, RolloutTrees
 
 #: Version of the fitting method; part of the key of cached fitted models, so bump it whenever
@@ -58,6 +72,36 @@ def _weak_only_pairs(trees: RolloutTrees) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parents), np.concatenate(children)
 
 
+def regeneration_cost(cost_model: CostModel, trees: RolloutTrees, nodes: np.ndarray, token_edges: np.ndarray,
+                      horizon: int, min_samples: int) -> np.ndarray:
+    """Mean cost units of regenerating rather than continuing, per step and token bin of the weak proposal.
+
+    A (step, bin) cell with fewer than ``min_samples`` pairs takes the mean of its bin over that
+    step and every later one (late steps are rare; their prefixes are the longest), and a bin
+    with no pair from that step on the mean of the bin over all steps (0 for an empty bin).
+
+    :param cost_model: prices the calls (:func:`trim_env.cost.step_cost`).
+    :param trees: the trees.
+    :param nodes: decision nodes with both a weak and a strong child.
+    :param token_edges: token bin edges of the proposal (first 0, last inf).
+    :param horizon: number of steps T (a node at depth d decides step d + 1 <= T).
+    :param min_samples: fewest pairs for a cell's own mean.
+    :returns: shape (T, token bins); row t - 1 is step t.
+    """
+    nodes = np.asarray(nodes, dtype=np.int64)
+    regenerate = step_cost(cost_model, trees, nodes, trees.strong_child[nodes], np.ones(len(nodes), dtype=bool))
+    proceed = step_cost(cost_model, trees, nodes, trees.weak_child[nodes], np.zeros(len(nodes), dtype=bool))
+    k = len(token_edges) - 1
+    token_bin = np.searchsorted(token_edges, trees.step_tokens[trees.weak_child[nodes]], side="right") - 1
+    cell = np.minimum(trees.depth[nodes].astype(np.int64), horizon - 1) * k + token_bin
+    count = np.bincount(cell, minlength=horizon * k).reshape(horizon, k).astype(np.float64)
+    total = np.bincount(cell, weights=regenerate - proceed, minlength=horizon * k).reshape(horizon, k)
+    tail_count, tail_total = np.cumsum(count[::-1], axis=0)[::-1], np.cumsum(total[::-1], axis=0)[::-1]
+    overall = total.sum(axis=0) / np.maximum(count.sum(axis=0), 1.0)
+    pooled = np.where(tail_count > 0, tail_total / np.maximum(tail_count, 1.0), overall)
+    return np.where(count >= min_samples, total / np.maximum(count, 1.0), pooled)
+
+
 def fit_model(
     trees: RolloutTrees,
     bin_edges: np.ndarray,
@@ -67,6 +111,7 @@ def fit_model(
     min_at_risk: int = 50,
     source: dict[str, Any] | None = None,
     token_evidence: bool = False,
+    cost_model: CostModel | None = None,
 ) -> PomdpModel:
     """Fit every part of the POMDP from cached trees (and optionally labelled records).
 
@@ -81,10 +126,13 @@ def fit_model(
     :param observation_samples: fit the observation model from these (e.g. ProcessBench records)
         instead of the trees.
     :param floor: uniform weight in the observation model.
-    :param min_at_risk: fewest steps at a depth for its own hazard estimate (later depths are pooled).
+    :param min_at_risk: fewest steps at a depth for its own hazard estimate (later depths are pooled),
+        and fewest rewrites of a (step, token bin) for its own rewrite cost under a cost model.
     :param source: provenance to record in the model.
     :param token_evidence: also fit ``P(token bin of a weak step | state)``, so that filter and
         planner read a weak step's length as evidence beside its score.
+    :param cost_model: prices a rewrite (:func:`regeneration_cost`; ``None`` or strong tokens: its
+        strong tokens, ``rewrite_tokens``, and the model carries no ``rewrite_cost``).
     """
     if trees.num_queries == 0:
         raise PomdpFitError("trees: no queries to fit transitions from")
@@ -131,6 +179,10 @@ def fit_model(
     rewrite_tokens = np.bincount(pair_bin, weights=trees.step_tokens[strong], minlength=k) / np.maximum(
         np.bincount(pair_bin, minlength=k), 1
     )
+    rewrite_cost, cost_settings = None, None
+    if cost_model is not None and not isinstance(cost_model, StrongTokensCost):
+        rewrite_cost = regeneration_cost(cost_model, trees, with_strong, token_edges, horizon, min_at_risk)
+        cost_settings = cost_model.to_dict()
     all_bins = np.searchsorted(token_edges, trees.step_tokens[weak], side="right") - 1
     token_probability = np.bincount(all_bins, minlength=k) / len(all_bins)
     token_likelihood = None
@@ -151,6 +203,8 @@ def fit_model(
         token_bin_probability=token_probability,
         rewrite_tokens=rewrite_tokens,
         token_likelihood=token_likelihood,
+        rewrite_cost=rewrite_cost,
+        cost_model=cost_settings,
         source={
             **(source or {}),
             "fit_version": FIT_VERSION,

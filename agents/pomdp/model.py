@@ -13,6 +13,12 @@ irrecoverable), ``S2`` = 2 (only the proposed step is wrong: a strong rewrite ca
   shape and normalisation; :meth:`PomdpModel.save` / :meth:`PomdpModel.load` write and read the
   versioned JSON format (one fitted model serves every λ).
 
+**Cost of a rewrite.** In strong tokens (``cost=strong_tokens``) a rewrite costs the strong
+tokens it decodes: ``rewrite_tokens``. Under another cost model (:mod:`trim_env.cost`) the model
+also carries ``rewrite_cost`` (cost units per step and token bin) and the cost model's settings
+(``cost_model``); :attr:`PomdpModel.regeneration_cost` is what the solver charges either way. A
+model fitted in strong tokens has neither field, and its file is what it always was.
+
 Fitting lives in :mod:`agents.pomdp.observation` (the observation model) and
 :mod:`agents.pomdp.fit` (the whole model from cached trees).
 """
@@ -29,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from trim_env import atomic
+from trim_env.cost import CostModelError, cost_model_from_dict
 
 STATE_NAMES: tuple[str, ...] = ("S0", "S1", "S2")  # index = hidden-state code
 N_STATES = 3
@@ -161,6 +168,18 @@ class PomdpModel:
     #: ``P(token bin of a weak step | state)``, shape (3, token bins), when a weak step's length is
     #: used as evidence beside its PRM score (wrong steps tend to be longer); ``None``: scores only.
     token_likelihood: np.ndarray | None = None
+    #: Mean extra cost (cost units) of regenerating rather than continuing, shape (horizon, token
+    #: bins): row t - 1 at step t, under the cost model ``cost_model`` (its ``to_dict()``); both
+    #: ``None``: strong tokens, where that cost is ``rewrite_tokens`` whatever the step.
+    rewrite_cost: np.ndarray | None = None
+    cost_model: dict[str, Any] | None = None
+
+    @property
+    def regeneration_cost(self) -> np.ndarray:
+        """What the solver charges for regenerating a proposal of each token bin: under a cost model
+        ``rewrite_cost`` (cost units, shape (horizon, bins)), else the rewrite's strong tokens
+        ``rewrite_tokens`` (shape (bins,), the same at every step)."""
+        return np.asarray(self.rewrite_tokens if self.rewrite_cost is None else self.rewrite_cost, dtype=np.float64)
 
     @property
     def horizon(self) -> int:
@@ -186,6 +205,18 @@ class PomdpModel:
         _check_distribution(self.token_bin_probability, f"{where}: field 'token_bin_probability'")
         if not np.isfinite(self.rewrite_tokens).all() or (np.asarray(self.rewrite_tokens) < 0).any():
             raise ValueError(f"{where}: field 'rewrite_tokens' = {np.asarray(self.rewrite_tokens).tolist()} must be token counts >= 0")
+        if (self.rewrite_cost is None) != (self.cost_model is None):
+            raise ValueError(f"{where}: fields 'rewrite_cost' and 'cost_model' come together (both absent: strong tokens)")
+        if self.cost_model is not None:
+            try:
+                cost_model_from_dict(self.cost_model)
+            except (CostModelError, TypeError, AttributeError) as error:
+                raise ValueError(f"{where}: field 'cost_model' = {self.cost_model!r} is not a cost model's settings ({error})") from None
+        if self.rewrite_cost is not None:
+            cost = np.asarray(self.rewrite_cost)
+            if cost.shape != (self.horizon, k) or not np.isfinite(cost).all() or (cost < 0).any():
+                raise ValueError(f"{where}: field 'rewrite_cost' (shape {cost.shape}) must hold costs >= 0 (cost units), "
+                                 f"one per step and token bin: shape ({self.horizon}, {k})")
         if self.token_likelihood is not None:
             if np.shape(self.token_likelihood) != (N_STATES, k):
                 raise ValueError(f"{where}: field 'token_likelihood' must have shape ({N_STATES}, {k}) (states x token bins)")
@@ -220,6 +251,8 @@ class PomdpModel:
             "rewrite_tokens": np.asarray(self.rewrite_tokens).tolist(),
             "token_likelihood": None if self.token_likelihood is None else np.asarray(self.token_likelihood).tolist(),
             "source": self.source,
+            # Only under a cost model other than strong tokens: strong-token model files stay as they were.
+            **({} if self.rewrite_cost is None else {"rewrite_cost": np.asarray(self.rewrite_cost).tolist(), "cost_model": self.cost_model}),
         }
 
     @classmethod
@@ -253,6 +286,8 @@ class PomdpModel:
                 source=content.get("source", {}),
                 token_likelihood=None if content.get("token_likelihood") is None
                 else np.asarray(content["token_likelihood"], dtype=np.float64),
+                rewrite_cost=None if content.get("rewrite_cost") is None else np.asarray(content["rewrite_cost"], dtype=np.float64),
+                cost_model=content.get("cost_model"),
             )
         except KeyError as error:
             raise ValueError(f"{where}: missing field {error.args[0]!r}") from None

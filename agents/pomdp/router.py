@@ -11,6 +11,15 @@ An exported router directory holds ``config.json`` (:func:`agents.export.write_r
 :func:`agents.pomdp.cache.fit_or_load`) and solves it for λ (:func:`solve_router`, which plans
 with the observations the chosen belief filter reads: :func:`planning_for`); there are no
 environment steps.
+
+**Cost models.** Under ``cost=price|flops|latency`` the fit prices a rewrite in cost units per
+step and token bin (:func:`agents.pomdp.fit.regeneration_cost`: the strong call and its PRM
+scoring, beyond the weak proposal and its scoring that every step pays), the solver charges that
+at each step, and the validation objective is the priced return, as the environment's. The model
+file records the cost model, the router's ``config.json`` too (``cost``), and every re-solve at
+another λ (an operating point, the server) reuses the fitted costs. A router is scored under any
+cost model (``policy=router``, as every kind: e.g. a strong-token router in dollars); it plans
+with the one it was fitted under.
 """
 
 from __future__ import annotations
@@ -112,15 +121,16 @@ class PomdpRouter(Router):
     kind = "pomdp"
     observation_kind = "seq"
     Settings = PomdpSettings
+    supports_cost_models = True
 
     def __init__(self, model: PomdpModel, policy: SolvedPolicy, belief_filter: str = "bayes", config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         if belief_filter not in FILTERS:
             raise ValueError(f"filter = {belief_filter!r} is not one of {list(FILTERS)}")
-        if policy.horizon != model.horizon or len(policy.rewrite_cost) != len(model.rewrite_tokens):
+        if policy.horizon != model.horizon or policy.rewrite_cost.shape != model.regeneration_cost.shape:
             raise ValueError(
-                f"solved policy (horizon {policy.horizon}, {len(policy.rewrite_cost)} token bins) does not fit the model "
-                f"(horizon {model.horizon}, {len(model.rewrite_tokens)} token bins)"
+                f"solved policy (horizon {policy.horizon}, rewrite costs of shape {policy.rewrite_cost.shape}) does not fit the "
+                f"model (horizon {model.horizon}, rewrite costs of shape {model.regeneration_cost.shape})"
             )
         self.model = model
         self.policy = policy
@@ -155,14 +165,15 @@ class PomdpRouter(Router):
 
         settings.check()
         cache_dir = None if settings.model_cache_dir is None else to_absolute_path(str(settings.model_cache_dir))
-        model, fit_time, from_cache = fit_or_load(data.trees, data.train_queries, settings.fit_settings(), data.data_key, cache_dir)
+        model, fit_time, from_cache = fit_or_load(data.trees, data.train_queries, settings.fit_settings(), data.data_key, cache_dir,
+                                                  data.cost_model)
         # Trees that grow have no cap (max_strong_steps None); frozen trees keep the data's K.
         cap = data.trees.max_strong_steps if settings.max_strong_steps == "data" else settings.max_strong_steps
         solved = solve_router(model, data.lam, data.cost_unit_tokens, settings.filter, settings.grid_size, cap)
         router = cls(solved.model, solved.policy, solved.belief_filter, {**data.identity(settings), **_export_fields(solved)})
-        outcomes = run_episodes(data.validation, router)
+        outcomes = run_episodes(data.validation, router, cost_model=data.cost_model)
         summary = {
-            "validation_objective": validation_objective(outcomes.correct, outcomes.strong_tokens, data.lam, data.cost_unit_tokens),
+            "validation_objective": validation_objective(outcomes.correct, outcomes.cost, data.lam, data.cost_unit_tokens),
             "train_wall_time_s": fit_time + router.policy.solve_time_s,
             "env_steps": 0,
             "solve_time_s": router.policy.solve_time_s,
@@ -271,6 +282,9 @@ def _load_pomdp(directory: Path, config: dict[str, Any]) -> PomdpRouter:
             error_bound=float(tables["error_bound"]),
             solve_time_s=float(tables["solve_time_s"]),
         )
+    if config.get("cost") != model.cost_model:  # both absent in strong tokens
+        raise ValueError(f"{config_path}: field cost = {config.get('cost')!r} but {directory / MODEL_FILE} prices rewrites under "
+                         f"{model.cost_model!r}; the files come from different runs")
     for name in ("lambda", "cost_unit_tokens"):
         stored = policy.lam if name == "lambda" else policy.cost_unit_tokens
         if name in config and not np.isclose(float(config[name]), stored, rtol=1e-12, atol=0.0):
@@ -280,7 +294,7 @@ def _load_pomdp(directory: Path, config: dict[str, Any]) -> PomdpRouter:
         shape = getattr(policy, name).shape
         if len(shape) != 3 or shape[:2] != (model.horizon, levels):
             raise ValueError(f"{policy_path}: {name} has shape {shape}, expected ({model.horizon}, {levels}, grid size)")
-    expected_cost = policy.lam * model.rewrite_tokens / policy.cost_unit_tokens
+    expected_cost = policy.lam * model.regeneration_cost / policy.cost_unit_tokens
     if policy.rewrite_cost.shape != expected_cost.shape or not np.allclose(policy.rewrite_cost, expected_cost, rtol=1e-9, atol=1e-12):
         raise ValueError(f"{policy_path}: rewrite_cost does not match the model in {directory / MODEL_FILE}; the files come from different runs")
     return PomdpRouter(model, policy, config.get("filter", "bayes"), config)

@@ -7,7 +7,9 @@ depends on one number only, the probability ``π`` that the prefix is still clea
 - continue: ``π = b0``; the solution ends after the weak step with hazard ``h_w(t)``, earning
   ``R(π) = π·q_clean + (1 − π)·q_derailed``; otherwise the next weak proposal arrives with prior
   ``(π·p_w, 1 − π, π·(1 − p_w))`` and its observation;
-- regenerate: pay ``λ·rewrite_tokens[k] / cost_unit`` (``k`` = token bin of the proposal); the
+- regenerate: pay ``λ·cost_k / cost_unit`` (``k`` = token bin of the proposal; ``cost_k`` the
+  model's :attr:`~agents.pomdp.model.PomdpModel.regeneration_cost`: strong tokens, or cost units
+  of step t under a cost model, where the calls read a prefix that grows with t); the
   rewrite is correct with ``p_s`` if the prefix before it was clean, probability ``c = b0 + b2``;
   optionally its own PRM score is observed; then it ends with ``h_s(t)`` or the next proposal arrives.
 
@@ -184,7 +186,9 @@ class SolvedPolicy:
     already in the prefix; ``regenerate_value[t - 1, u]`` is ``Ws_t`` (before the rewrite cost)
     on the grid of ``c = b0 + b2``; ``start_value[t - 1, u]`` is ``U_t``. Without a cap on strong
     steps there is one level ``u = 0``; with cap K there are K + 1 and level K cannot regenerate.
-    ``rewrite_cost[k]`` is ``λ · rewrite_tokens[k] / cost_unit_tokens``.
+    ``rewrite_cost[k]`` is ``λ · regeneration_cost[k] / cost_unit_tokens`` (the model's cost of a
+    rewrite of a proposal in token bin k, in strong tokens); under a cost model it has a step axis,
+    ``rewrite_cost[t - 1, k]`` in cost units.
     """
 
     continue_value: np.ndarray
@@ -210,7 +214,8 @@ class SolvedPolicy:
         used = np.asarray(strong_used, dtype=np.int64)
         level = np.zeros_like(used) if self.max_strong_steps is None else np.minimum(used, self.max_strong_steps)
         q_continue = interpolate(self.continue_value[row, level], belief[:, 0])
-        q_regenerate = interpolate(self.regenerate_value[row, level], belief[:, 0] + belief[:, 2]) - self.rewrite_cost[token_bin]
+        cost = self.rewrite_cost[token_bin] if self.rewrite_cost.ndim == 1 else self.rewrite_cost[row, token_bin]
+        q_regenerate = interpolate(self.regenerate_value[row, level], belief[:, 0] + belief[:, 2]) - cost
         if self.max_strong_steps is not None:
             q_regenerate = np.where(level >= self.max_strong_steps, -np.inf, q_regenerate)
         return q_continue, q_regenerate
@@ -243,7 +248,8 @@ def solve(
     """Backward induction over steps T..1 on a grid of the clean-prefix probability.
 
     :param model: the fitted POMDP.
-    :param lam: cost weight λ >= 0 (reward = correct − λ · strong tokens / cost_unit_tokens).
+    :param lam: cost weight λ >= 0 (reward = correct − λ · cost / cost_unit_tokens, the cost in
+        the model's unit: strong tokens, or cost units of its cost model).
     :param cost_unit_tokens: strong tokens per cost unit (> 0), as the environment's.
     :param emissions: planning observation probabilities (:func:`planning_emissions`).
     :param grid_size: grid points on [0, 1] (>= 3); the error bound falls about as 1/grid_size.
@@ -263,13 +269,13 @@ def solve(
     start = time.perf_counter()
     p_w, p_s = model.weak_step_accuracy, model.strong_step_accuracy
     q_clean, q_derailed = model.final_correct_clean, model.final_correct_derailed
-    costs = lam * np.asarray(model.rewrite_tokens, dtype=np.float64) / cost_unit_tokens
+    costs = lam * model.regeneration_cost / cost_unit_tokens
+    step_costs = np.broadcast_to(costs, (horizon, costs.shape[-1]))  # strong tokens: the same at every step
     token_probability = np.asarray(model.token_bin_probability, dtype=np.float64)
-    if emissions.token_bins not in (1, len(costs)):
-        raise ValueError(f"emissions observe {emissions.token_bins} token bins, the model has {len(costs)}")
-    # Cost of regenerating after proposal observation column j (its token bin is j % k).
-    n_columns = emissions.proposal.shape[2]
-    token_cost = None if emissions.token_bins == 1 else costs[np.arange(n_columns) % emissions.token_bins]
+    if emissions.token_bins not in (1, costs.shape[-1]):
+        raise ValueError(f"emissions observe {emissions.token_bins} token bins, the model has {costs.shape[-1]}")
+    # Column j of the proposal observation names token bin j % k (when the token bin is observed).
+    token_column = np.arange(emissions.proposal.shape[2]) % emissions.token_bins
     grid = np.linspace(0.0, 1.0, grid_size)
     end_reward = lambda clean: clean * q_clean + (1.0 - clean) * q_derailed  # noqa: E731
     proposal_prior = np.stack([grid * p_w, 1.0 - grid, grid * (1.0 - p_w)])
@@ -304,10 +310,10 @@ def solve(
         safe = np.where(probability > 0, probability, 1.0)
         q_continue = interpolate_rows(w_continue, posterior[0] / safe)
         q_regenerate = interpolate_rows(w_regenerate, (posterior[0] + posterior[2]) / safe)
-        if token_cost is None:  # the token bin is not observed: average the decision over its frequency
-            gain = _expected_best(q_regenerate - q_continue, costs, token_probability)
+        if emissions.token_bins == 1:  # the token bin is not observed: average the decision over its frequency
+            gain = _expected_best(q_regenerate - q_continue, step_costs[t - 1], token_probability)
         else:  # the observation names the token bin, hence the rewrite's cost
-            gain = np.maximum(q_regenerate - q_continue - token_cost[None, :, None], 0.0)
+            gain = np.maximum(q_regenerate - q_continue - step_costs[t - 1][token_column][None, :, None], 0.0)
         best = q_continue + gain * can_regenerate
         start_now = np.matmul(probability[:, None, :], best)[:, 0].T  # Σ_o P(o | π) · best
 
