@@ -27,6 +27,7 @@ from agents.cli.route import RouteConfig, format_solution, route
 from agents.export import write_router
 from agents.live import RoutedSolution, StepRouter
 from agents.serve.app import BackgroundServer, create_app
+from agents.serve.controller import Controller
 from agents.serve.routers import ServedRouter
 from agents.serve.service import RoutingService, ServiceSettings
 from agents.threshold import ThresholdRouter
@@ -324,6 +325,14 @@ def test_a_served_request_on_a_backend_without_prompt_token_counts_is_a_502_nami
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "upstream_weak" and "reported no prompt token count" in error["message"] and "cost=price" in error["message"]
+
+
+def test_the_controller_prices_its_answers_as_the_server_does(upstream, router_dir):
+    settings = ServiceSettings(cost_model=round_price(True))
+    with Controller(router_dir, max_tokens_per_step=64, settings=settings, **backend_configs(upstream)) as controller:
+        answer = controller.chat.completions.create(messages=[{"role": "user", "content": PROBLEM}], seed=3)
+    live = step_router(upstream, ThresholdRouter(0.5), seed=3, cost_model=round_price(True)).solve(PROBLEM)
+    assert answer["usage"]["cost"]["natural"] == pytest.approx(hand_priced(live, PRICES, prefix_cache=True), rel=1e-12)
 
 
 def serve_config(server: TestingServer, router_dir: Path, cost: dict[str, Any]) -> dict[str, Any]:
