@@ -10,11 +10,28 @@ Budgets: ``max_strong_tokens`` is a hard cap on strong tokens per query: a rewri
 carries what is left of it as its ``max_tokens`` (so the cap is never exceeded; a backend that
 reports more tokens than it was allowed is a :class:`~trim_env.sources.base.BackendError`), and
 once it is spent the router is no longer asked; ``max_strong_steps`` caps rewrites per query as the
-training data's K did. An empty or blank problem is refused.
+training data's K did. An empty or blank problem is refused. Budgets are strong tokens whatever
+the cost model.
+
+**Cost** (``cost_model``, :mod:`trim_env.cost`; default :class:`~trim_env.cost.StrongTokensCost`).
+A solution records what its cost needs: the prompt's tokens as the weak model read them
+(:attr:`RoutedSolution.prompt_tokens`: the first proposal is requested as a one-step
+:meth:`~trim_env.sources.base.StepGenerator.rollout`, the same request as ``generate`` and as
+collection's call from the root, whose answer carries the server's ``usage.prompt_tokens`` or the
+local tokenizer's count) and per step the weak proposal's tokens and, where regenerated, the
+strong rewrite's. :meth:`RoutedSolution.priced` replays them through a
+:class:`~trim_env.cost.QueryCostMeter`, which prices a live query as :func:`~trim_env.cost.path_cost`
+prices the same path on a tree (prefix cache and all). A weak backend that reports no prompt
+tokens under a model that charges prefill (:attr:`~trim_env.cost.CostModel.charges_prefill`) is
+refused at the first step with a :class:`~trim_env.sources.base.BackendError` naming it: a cost
+that leaves out the prompt would be wrong without saying so. Under ``strong_tokens``
+:meth:`RoutedSolution.to_dict` is what it was before cost models; under another model it adds
+``prompt_tokens`` and ``cost`` (:meth:`QueryCost.to_dict`).
 
     weak, strong = make_generator(weak_config, 512), make_generator(strong_config, 512)   # trim_env.sources.factory
-    router = StepRouter(load_router("OUT/router"), weak, strong, make_prm(prm_config), max_strong_tokens=2000)
-    solution = router.solve("What is 2 + 3?", answer="5")    # .steps, .strong_tokens, .to_dict()
+    router = StepRouter(load_router("OUT/router"), weak, strong, make_prm(prm_config), max_strong_tokens=2000,
+                        cost_model=PriceCost(prefix_cache=True))
+    solution = router.solve("What is 2 + 3?", answer="5")    # .steps, .strong_tokens, .priced(), .to_dict()
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agents.base import Router
+from trim_env.cost import CostModel, QueryCostMeter, StrongTokensCost
 from trim_env.features import observation_from_steps
 from trim_env.sources.base import (
     BackendError,
@@ -32,6 +50,7 @@ from trim_env.sources.base import (
     PRMScorer,
     StepGenerator,
     StepRequest,
+    StepResult,
     solution_text,
 )
 from trim_env.sources.grading import boxed_answer, grade
@@ -65,16 +84,38 @@ class RoutedStep:
     rejected_text: str | None = None
 
 
+@dataclass(frozen=True)
+class QueryCost:
+    """What a routed query cost under a cost model.
+
+    :param model: the cost model's name (``price``, ...).
+    :param units: cost units (natural / ``model.unit``; 480 ≈ a reference strong-only query).
+    :param natural: the cost in the model's natural unit.
+    :param natural_unit: that unit (``USD``, ``FLOPs``, ``s``, ``strong tokens``).
+    """
+
+    model: str
+    units: float
+    natural: float
+    natural_unit: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "units": self.units, "natural": self.natural, "natural_unit": self.natural_unit}
+
+
 @dataclass
 class RoutedSolution:
     """A solution written under a router, with its costs.
 
     :param problem: the problem.
     :param steps: the written steps.
-    :param strong_tokens: tokens the strong model decoded (the routing cost).
+    :param strong_tokens: tokens the strong model decoded (what budgets count).
     :param weak_tokens: tokens the weak model decoded (rejected proposals included).
     :param answer: the final ``\\boxed{}`` answer, if any.
     :param correct: graded against the reference answer, when one was given.
+    :param cost_model: what :meth:`priced` prices the solution with.
+    :param prompt_tokens: the prompt's tokens as the weak model's first call read them (``None``
+        until then, and when the backend reports none under a model that does not charge prefill).
     """
 
     problem: str
@@ -83,6 +124,8 @@ class RoutedSolution:
     weak_tokens: int = 0
     answer: str | None = None
     correct: bool | None = None
+    cost_model: CostModel = field(default_factory=StrongTokensCost)
+    prompt_tokens: int | None = None
 
     @property
     def text(self) -> str:
@@ -97,8 +140,52 @@ class RoutedSolution:
         asked = [step.decision_ms for step in self.steps if step.asked]
         return sum(asked) / len(asked) if asked else 0.0
 
+    @property
+    def priced_by_strong_tokens(self) -> bool:
+        """The cost model is ``strong_tokens``: :attr:`strong_tokens` is the cost, and records carry nothing more."""
+        return isinstance(self.cost_model, StrongTokensCost)
+
+    def priced(self) -> QueryCost:
+        """The steps written so far priced by :attr:`cost_model`: a :class:`~trim_env.cost.QueryCostMeter`
+        charged each step's weak proposal and, where regenerated, its strong rewrite.
+
+        :raises ValueError: steps were written but the prompt tokens a model that charges prefill
+            needs are unknown (:class:`StepRouter` and the serving loop refuse such a backend first).
+        """
+        model = self.cost_model
+        if self.prompt_tokens is None and model.charges_prefill and self.steps:
+            raise ValueError(f"cost={model.name} charges the prompt's tokens, which this solution did not record")
+        meter = QueryCostMeter(model, self.prompt_tokens or 0)
+        for step in self.steps:
+            meter.add_step(step.proposal_tokens, step.tokens if step.is_strong else None)
+        return QueryCost(model.name, meter.total, meter.total * model.unit, model.natural_unit)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "text": self.text, "escalations": self.escalations, "mean_decision_ms": self.mean_decision_ms}
+        record = {"problem": self.problem, "steps": [asdict(step) for step in self.steps], "strong_tokens": self.strong_tokens,
+                  "weak_tokens": self.weak_tokens, "answer": self.answer, "correct": self.correct,
+                  "text": self.text, "escalations": self.escalations, "mean_decision_ms": self.mean_decision_ms}
+        if not self.priced_by_strong_tokens:
+            record.update(prompt_tokens=self.prompt_tokens, cost=self.priced().to_dict())
+        return record
+
+
+async def first_proposal(weak: StepGenerator, request: StepRequest, cost_model: CostModel) -> tuple[StepResult, int | None]:
+    """The weak model's first step of a solution and the prompt tokens its call read.
+
+    Requested as a one-step :meth:`~trim_env.sources.base.StepGenerator.rollout` (the request
+    ``generate`` sends, and collection's call from the root): its answer carries the count.
+
+    :returns: (the step, the prompt tokens; ``None`` when the backend reports none).
+    :raises BackendError: the backend reports no prompt tokens and ``cost_model`` charges prefill.
+    """
+    (rollout,) = await weak.rollout([request], [1])
+    if rollout.prompt_tokens is None and cost_model.charges_prefill:
+        raise BackendError(
+            f"weak model {weak.name!r} reported no prompt token count (usage.prompt_tokens), which cost={cost_model.name} "
+            "needs: it charges the tokens each call reads. Use a server that reports usage (vLLM, SGLang, llama.cpp, "
+            "hosted APIs do), a local transformers backend, or cost=strong_tokens"
+        )
+    return rollout.steps[0], rollout.prompt_tokens
 
 
 class StepRouter:
@@ -112,6 +199,7 @@ class StepRouter:
     :param max_strong_tokens: hard cap on strong tokens per query (``None``: none).
     :param max_strong_steps: cap on rewrites per query (``None``: none).
     :param seed: root of the sampling seeds (a step's seed is keyed on the problem and its index).
+    :param cost_model: what solutions are priced with (default ``strong_tokens``; budgets stay strong tokens).
     """
 
     def __init__(
@@ -124,6 +212,7 @@ class StepRouter:
         max_strong_tokens: int | None = None,
         max_strong_steps: int | None = None,
         seed: int = 0,
+        cost_model: CostModel | None = None,
     ) -> None:
         if not 1 <= max_steps <= MAX_STEPS:
             raise ValueError(f"max_steps = {max_steps} must be in [1, {MAX_STEPS}]")
@@ -139,6 +228,7 @@ class StepRouter:
         self.max_strong_tokens = max_strong_tokens
         self.max_strong_steps = max_strong_steps
         self.seed = seed
+        self.cost_model = cost_model if cost_model is not None else StrongTokensCost()
 
     def _may_regenerate(self, solution: RoutedSolution) -> bool:
         tokens_left = self.max_strong_tokens is None or solution.strong_tokens < self.max_strong_tokens
@@ -153,12 +243,16 @@ class StepRouter:
         """
         if not isinstance(problem, str) or not problem.strip():
             raise ValueError(f"problem = {problem!r}: give the text of a problem to solve (it is empty)")
-        solution = RoutedSolution(problem)
+        solution = RoutedSolution(problem, cost_model=self.cost_model)
         texts: list[str] = []
         history: list[tuple[float, int, bool]] = []
         for index in range(self.max_steps):
             seed = request_seed(self.seed, problem, f"step{index}")
-            (proposal,) = await self.weak.generate([StepRequest(problem, tuple(texts), seed)])
+            request = StepRequest(problem, tuple(texts), seed)
+            if index == 0:
+                proposal, solution.prompt_tokens = await first_proposal(self.weak, request, self.cost_model)
+            else:
+                (proposal,) = await self.weak.generate([request])
             solution.weak_tokens += proposal.tokens
             (scores,) = await self.prm.score([PRMRequest(problem, (*texts, proposal.text))])
             proposal_prm = scores[-1]

@@ -14,6 +14,10 @@
    plus separate weak-only and strong-only runs): exactly, from the structure of calibrated
    simulated trees (solution lengths as real MATH-500 ones), and measured on a real SmolLM2
    collection at K = 2.
+4. **Cost metering per query**: :meth:`agents.live.RoutedSolution.priced` (a
+   :class:`~trim_env.cost.QueryCostMeter` replaying the steps; what ``trim-route`` and
+   ``trim-serve`` add per query under ``cost=price|flops|latency``) on solutions of 4 and 30 steps,
+   every other one regenerated; mean µs per query.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import torch
 
 from agents.actor import ActorRouter
 from agents.base import Router
+from agents.live import RoutedSolution, RoutedStep
 from agents.networks import ActorNetwork
 from agents.threshold import ThresholdRouter
+from trim_env.cost import COST_MODELS, cost_model_from_dict
 from trim_env.features import AGG_FEATURES, SEQ_CHANNELS, observation_from_steps
 from trim_env.simulate import SimulatedTrees, SimulatorParams
 from trim_env.sources.collect import collect
@@ -74,6 +80,25 @@ def routing_overhead(decisions: int, seed: int = 0) -> dict[str, dict[str, float
             times.append(1000.0 * (time.perf_counter() - started))
         results[name] = {"mean_ms": statistics.fmean(times), "median_ms": statistics.median(times),
                          "p99_ms": float(np.percentile(times, 99)), "decisions": decisions}
+    return results
+
+
+def cost_metering(queries: int) -> dict[str, dict[str, float]]:
+    """Mean time (µs) of pricing one routed query, per cost model (prefix cache on and off) and solution length."""
+    results: dict[str, dict[str, float]] = {}
+    for name in COST_MODELS:
+        for prefix_cache in (False,) if name == "strong_tokens" else (False, True):
+            model = cost_model_from_dict({"name": name, **({"prefix_cache": True} if prefix_cache else {})})
+            label = name + (", prefix_cache" if prefix_cache else "")
+            results[label] = {}
+            for steps in (4, 30):
+                solution = RoutedSolution("timing", cost_model=model, prompt_tokens=96)
+                solution.steps = [RoutedStep("step", 60, 0.5, index % 2 == 0, 0.5, 50, True, 0.0) for index in range(steps)]
+                solution.priced()  # warm-up
+                started = time.perf_counter()
+                for _ in range(queries):
+                    solution.priced()
+                results[label][f"{steps}_steps_us"] = 1e6 * (time.perf_counter() - started) / queries
     return results
 
 
@@ -123,6 +148,7 @@ def main(arguments: list[str] | None = None) -> None:
     parser.add_argument("--concurrent", type=int, default=4, help="queries in flight")
     parser.add_argument("--decisions", type=int, default=3000, help="routing decisions timed per router")
     parser.add_argument("--simulated-queries", type=int, default=300, help="simulated trees per K for the call counts")
+    parser.add_argument("--metered-queries", type=int, default=500, help="queries priced per cost model and length")
     parser.add_argument("--skip-collection", action="store_true", help="skip the real SmolLM2 collections")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     options = parser.parse_args(arguments)
@@ -130,6 +156,7 @@ def main(arguments: list[str] | None = None) -> None:
 
     results: dict[str, Any] = {"routing_overhead": routing_overhead(options.decisions)}
     results["calls_simulated"] = {f"K={k}": simulated_call_counts(k, options.simulated_queries) for k in (2, 3)}
+    results["cost_metering"] = cost_metering(options.metered_queries)
     if not options.skip_collection:
         for k in (1, 2):
             summary = real_collection(options.problems, k, options.max_steps, options.max_tokens, options.concurrent)
@@ -143,6 +170,9 @@ def main(arguments: list[str] | None = None) -> None:
     for k, figures in results["calls_simulated"].items():
         print(f"  {k}: {figures['generator_calls_per_query']:.1f} vs naive {figures['naive_generator_calls_per_query']:.1f} "
               f"({figures['nodes_per_query']:.1f} nodes); PRM {figures['prm_calls_per_query']:.1f} vs {figures['naive_prm_calls_per_query']:.1f}")
+    print("cost metering per query (RoutedSolution.priced), µs:")
+    for label, figures in results["cost_metering"].items():
+        print(f"  {label:22s} 4 steps {figures['4_steps_us']:.0f}  30 steps {figures['30_steps_us']:.0f}")
     for k in (1, 2):
         if f"smollm2_K={k}" in results:
             summary = results[f"smollm2_K={k}"]

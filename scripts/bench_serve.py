@@ -1,6 +1,7 @@
 """Load test of trim-serve against stub upstreams on loopback: completeness, per-step server overhead, throughput, cancellation.
 
     python scripts/bench_serve.py [--requests 1000] [--clients 32] [--cancelled 1000] [--json OUT.json]
+    python scripts/bench_serve.py --server cost=price --server cost.prefix_cache=true   # priced requests (usage.cost)
 
 Three processes on 127.0.0.1: the stub upstream (:class:`trim_env.sources.testing.TestingServer`
 with scripted weak/strong models and PRM), ``trim-serve`` itself (``python -m agents.cli.serve``,
@@ -15,6 +16,8 @@ a TRIM-Thr router at k = 0.5), and the clients here (asyncio + httpx).
    afterwards no request and no upstream slot may still be held (``/health``), and a final batch
    must be served.
 
+``--server KEY=VALUE`` passes further settings to ``trim-serve`` (e.g. a cost model: the figures
+then include the mean ``usage.cost`` per request, to compare the overhead with and without metering).
 The figures depend on the machine's load (the clients, the server and the stub share its cores).
 """
 
@@ -27,6 +30,7 @@ import multiprocessing
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,14 +61,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(router_dir: Path, base_url: str, root_url: str, port: int) -> subprocess.Popen:
+def start_server(router_dir: Path, base_url: str, root_url: str, port: int, settings: list[str]) -> subprocess.Popen:
     arguments = [
         sys.executable, "-m", "agents.cli.serve", f"routers.trim.path={router_dir}", f"port={port}", "log_level=warning",
         *(f"{role}.{field}" for role in ("weak", "strong")
           for field in (f"base_url={base_url}", "api_key_env=null", "max_retries=0", "max_concurrency=64")),
         "weak.model=weak", "strong.model=strong", f"prm.base_url={root_url}", "prm.model=prm", "prm.api_key_env=null",
         "prm.max_concurrency=64", "max_tokens_per_step=64", "upstream_concurrency.weak=64", "upstream_concurrency.strong=64",
-        "upstream_concurrency.prm=64", "hydra.run.dir=.", "hydra.output_subdir=null",
+        "upstream_concurrency.prm=64", "hydra.run.dir=.", "hydra.output_subdir=null", *settings,
     ]
     return subprocess.Popen(arguments, cwd=tempfile.mkdtemp(prefix="trim-serve-bench-"), env={**os.environ})
 
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--cancelled", type=int, default=1000)
     parser.add_argument("--recheck", type=int, default=50, help="answers asked again one at a time and compared")
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--server", action="append", default=[], metavar="KEY=VALUE", help="a further trim-serve setting (repeatable)")
     options = parser.parse_args()
 
     router_dir = write_router(Path(tempfile.mkdtemp(prefix="trim-bench-router-")) / "router",
@@ -157,7 +162,7 @@ def main() -> None:
     stub.start()
     base_url, root_url = parent.recv()
     port = free_port()
-    server = start_server(router_dir, base_url, root_url, port)
+    server = start_server(router_dir, base_url, root_url, port, options.server)
     root = f"http://127.0.0.1:{port}"
     url = root + "/v1/chat/completions"
     try:
@@ -184,6 +189,7 @@ def main() -> None:
         upstream = np.array([record["answer"]["trim"]["upstream_ms"] for record in records])
         overhead = (latency - upstream) / steps
         decisions = np.array([entry["decision_ms"] for record in records for entry in record["answer"]["trim"]["steps"]])
+        costs = [record["answer"]["usage"]["cost"] for record in records if "cost" in record["answer"].get("usage", {})]
 
         first_steps = asyncio.run(cancel(url, options.cancelled, options.clients))
         deadline = time.monotonic() + PATIENCE_S
@@ -201,6 +207,9 @@ def main() -> None:
             "overhead_ms_per_step_p50": float(np.percentile(overhead, 50)),
             "overhead_ms_per_step_p99": float(np.percentile(overhead, 99)),
             "decision_ms_p50": float(np.percentile(decisions, 50)), "decision_ms_p99": float(np.percentile(decisions, 99)),
+            "server_settings": options.server,
+            **({"cost_natural_per_request_mean": statistics.fmean(cost["natural"] for cost in costs),
+                "cost_natural_unit": costs[0]["natural_unit"]} if costs else {}),
             "cancelled_requests": options.cancelled, "cancelled_after_first_step": first_steps,
             "server_cancelled_count": cancelled, "requests_in_flight_after": status["requests_in_flight"],
             "upstream_slots_held_after": held_slots,

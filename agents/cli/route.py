@@ -7,7 +7,9 @@
 Settings: :class:`RouteConfig` and ``conf/route.yaml`` (the backends of ``conf/collect/``). A
 problem with commas, brackets or quotes is given as a quoted Hydra string (``'problem="..."'``).
 Prints the solution with each step marked weak (W) or strong (S), its PRM score, and the strong
-tokens spent (``print_json=true``: the whole record).
+tokens spent (``print_json=true``: the whole record). ``cost=price`` (``flops``, ``latency``;
+``cost.prefix_cache=true``) adds the solution's cost in that model's unit and in cost units
+(the record: ``prompt_tokens`` and ``cost``, :meth:`agents.live.RoutedSolution.to_dict`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents import load_router
+from agents.cli.common import read_cost_model, register_schemas
 from agents.cli.strict import check_boolean_overrides, require_settings
 from agents.live import RoutedSolution, StepRouter
 from trim_env.paths import config_dir
@@ -62,6 +65,8 @@ class RouteConfig:
     weak: Any = None
     strong: Any = None
     prm: Any = None
+    #: The cost model (the ``cost=`` group of conf/cost/).
+    cost: Any = None
 
 
 def format_solution(solution: RoutedSolution) -> str:
@@ -76,12 +81,17 @@ def format_solution(solution: RoutedSolution) -> str:
         + (f", correct {solution.correct}" if solution.correct is not None else "")
         + f", routing overhead {solution.mean_decision_ms:.3f} ms/step"
     )
+    if not solution.priced_by_strong_tokens:
+        cost = solution.priced()
+        lines.append(f"cost {cost.natural:.6g} {cost.natural_unit} = {cost.units:.2f} cost units (cost={cost.model}"
+                     + (", prefix cache" if solution.cost_model.caches_prefixes else "") + f"), prompt tokens {solution.prompt_tokens}")
     return "\n".join(lines)
 
 
 def route(cfg: DictConfig) -> RoutedSolution:
     """Load the router and the configured backends, then solve ``cfg.problem``."""
     config: Any = OmegaConf.to_container(cfg, resolve=True)
+    cost_model = read_cost_model(cfg)
     router = load_router(config["router"])
     if config["operating_point"] is not None:
         try:
@@ -90,7 +100,8 @@ def route(cfg: DictConfig) -> RoutedSolution:
             raise ValueError(f"operating_point = {config['operating_point']}: {error}") from None
     weak, strong, prm = make_backends(config)
     step_router = StepRouter(
-        router, weak, strong, prm, config["max_steps"], config["max_strong_tokens"], config["max_strong_steps"], config["seed"]
+        router, weak, strong, prm, config["max_steps"], config["max_strong_tokens"], config["max_strong_steps"], config["seed"],
+        cost_model,
     )
     return step_router.solve(config["problem"], config["answer"])
 
@@ -104,6 +115,7 @@ def _run(cfg: DictConfig) -> None:
 def main() -> None:
     """Console script ``trim-route``."""
     require_settings(sys.argv[1:], ("router", "problem"), USAGE)
+    register_schemas()  # conf/cost/ options extend the cost models' dataclasses
     ConfigStore.instance().store(name="route_schema", node=RouteConfig)
     hydra.main(config_path=str(config_dir()), config_name="route", version_base="1.3")(_run)()
 

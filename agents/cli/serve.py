@@ -5,6 +5,8 @@
     python -m agents.cli.serve ...   # the same without the console script
 
 Stops on SIGINT/SIGTERM after finishing the requests in flight (up to ``graceful_shutdown_s``).
+``cost=price`` (``flops``, ``latency``; ``cost.prefix_cache=true``) adds each request's cost to its
+``usage`` and a ``trim_cost_total`` counter to the metrics (:mod:`agents.serve.service`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from agents.cli import config_dir
+from agents.cli.common import register_schemas
 from agents.serve.app import create_app
 from agents.serve.service import RoutingService
 
@@ -32,7 +35,7 @@ def build_service(config: dict[str, Any]) -> RoutingService:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="serve", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call costs more than routing
     try:
         config: Any = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -43,6 +46,12 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"trim-serve: {error}") from error
     uvicorn.run(app, host=config["host"], port=int(config["port"]), log_level=config["log_level"],
                 timeout_graceful_shutdown=config["graceful_shutdown_s"])
+
+
+def main() -> None:
+    """Console script ``trim-serve``."""
+    register_schemas()  # conf/cost/ options extend the cost models' dataclasses
+    _app()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 
 Requests take the fields of the server's (:mod:`agents.serve.service`) and get the same answers,
 as plain dicts in OpenAI's format. Backends are configs (as in ``conf/collect/``) or backend
-objects. The controller runs its requests on its own event loop, so it can be called from code
+objects. ``settings=ServiceSettings(cost_model=PriceCost())`` adds each answer's cost to its
+``usage`` (:mod:`agents.serve.service`). The controller runs its requests on its own event loop, so it can be called from code
 that has none; it is not thread-safe (one controller per thread).
 """
 
@@ -68,7 +69,7 @@ class Controller:
     :param prm: the PRM: a config mapping or a :class:`PRMScorer`.
     :param operating_point: an operating-point file from ``trim-calibrate`` for the router (one router only).
     :param max_tokens_per_step: decoded-token limit of one step (backends built from configs).
-    :param settings: server-wide limits (step cap, strong-token ceiling, seed, upstream concurrency).
+    :param settings: server-wide limits (step cap, strong-token ceiling, seed, upstream concurrency) and cost model.
     """
 
     def __init__(

@@ -8,6 +8,11 @@ latency) and the translation of a backend failure into an :class:`UpstreamError`
 backend. A cancelled request (a client that went away) cancels its call inside ``async with``,
 so its slot is released at once.
 
+The first proposal is requested with :func:`agents.live.first_proposal` (:meth:`Upstream.first_step`),
+which reads the prompt tokens the cost needs into ``solution.prompt_tokens``; a weak backend that
+reports none under a cost model that charges prefill (``solution.cost_model``) fails as the weak
+upstream (502), naming it.
+
     loop = RoutingLoop(Upstream("weak", weak, 16), Upstream("strong", strong, 16), Upstream("prm", prm, 16))
     async for event in loop.steps("What is 2 + 3?", router, StepLimits(max_strong_tokens=500)):
         print(event.step.text, event.step.is_strong, event.upstream_ms)
@@ -21,7 +26,8 @@ from dataclasses import dataclass
 from typing import AsyncGenerator, Awaitable, Callable, TypeVar
 
 from agents.base import Router
-from agents.live import RoutedSolution, RoutedStep
+from agents.live import RoutedSolution, RoutedStep, first_proposal
+from trim_env.cost import CostModel
 from trim_env.features import observation_from_steps
 from trim_env.sources.base import (
     BackendError,
@@ -76,11 +82,21 @@ class Upstream:
 
     async def generate(self, request: StepRequest) -> tuple[StepResult, float]:
         """The next step of ``request`` and the call's wall time (s)."""
-        generator = self.backend
-        if not isinstance(generator, StepGenerator):
-            raise TypeError(f"upstream {self.role} is a PRM, not a step generator")
+        generator = self._generator()
         (step,), seconds = await self._timed(lambda: generator.generate([request]))
         return step, seconds
+
+    async def first_step(self, request: StepRequest, cost_model: CostModel) -> tuple[StepResult, int | None, float]:
+        """The first step of a solution, the prompt tokens its call read (:func:`agents.live.first_proposal`)
+        and the call's wall time (s)."""
+        generator = self._generator()
+        (step, prompt_tokens), seconds = await self._timed(lambda: first_proposal(generator, request, cost_model))
+        return step, prompt_tokens, seconds
+
+    def _generator(self) -> StepGenerator:
+        if not isinstance(self.backend, StepGenerator):
+            raise TypeError(f"upstream {self.role} is a PRM, not a step generator")
+        return self.backend
 
     async def score(self, request: PRMRequest) -> tuple[list[float], float]:
         """The PRM scores of ``request``'s steps and the call's wall time (s)."""
@@ -176,7 +192,8 @@ class RoutingLoop:
         :param problem: the problem statement.
         :param router: decides at each step (1: the strong model rewrites it).
         :param limits: steps, strong-token and rewrite caps, seed.
-        :param solution: filled in as the loop goes (steps and token counts), for the caller's totals.
+        :param solution: filled in as the loop goes (steps, token counts, prompt tokens), for the caller's
+            totals; its ``cost_model`` decides whether a backend without prompt token counts is refused.
         """
         solution = solution if solution is not None else RoutedSolution(problem)
         texts: list[str] = []
@@ -184,7 +201,10 @@ class RoutingLoop:
         for index in range(limits.max_steps):
             seed = request_seed(limits.seed, problem, f"step{index}")
             request = StepRequest(problem, tuple(texts), seed)
-            proposal, weak_s = await self.weak.generate(request)
+            if index == 0:
+                proposal, solution.prompt_tokens, weak_s = await self.weak.first_step(request, solution.cost_model)
+            else:
+                proposal, weak_s = await self.weak.generate(request)
             solution.weak_tokens += proposal.tokens
             scores, prm_s = await self.prm.score(PRMRequest(problem, (*texts, proposal.text)))
             upstream_s = weak_s + prm_s

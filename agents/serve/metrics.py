@@ -17,6 +17,9 @@ metric                                    type        meaning
 ``trim_step_overhead_seconds{router}``    histogram   a step's wall time minus its upstream calls' time
 ``trim_upstream_seconds{upstream}``       histogram   one backend call's latency (weak, strong, prm)
 ``trim_upstream_in_flight{upstream}``     gauge       backend calls holding a slot now
+``trim_cost_total{router}``               counter     requests' cost in the cost model's natural unit
+                                                      (USD, FLOPs, s: its HELP line says which); only
+                                                      when the service's cost model is not strong_tokens
 ========================================  ==========  =====================================================
 """
 
@@ -32,14 +35,20 @@ from prometheus_client import (
     generate_latest,
 )
 
+from trim_env.cost import CostModel, StrongTokensCost
+
 #: Latency buckets (seconds): sub-millisecond decisions up to minute-long solutions.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class ServeMetrics:
-    """The metrics of one service, in their own registry."""
+    """The metrics of one service, in their own registry.
 
-    def __init__(self) -> None:
+    :param cost_model: the service's cost model; unless it is ``strong_tokens`` (whose cost is
+        ``trim_strong_tokens_total``), ``trim_cost_total`` counts requests' cost in its natural unit.
+    """
+
+    def __init__(self, cost_model: CostModel | None = None) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter("trim_requests", "Chat requests by outcome", ["router", "outcome"], registry=registry)
@@ -56,6 +65,11 @@ class ServeMetrics:
         self.upstream_seconds = Histogram("trim_upstream_seconds", "Backend call latency", ["upstream"],
                                           buckets=LATENCY_BUCKETS, registry=registry)
         self.upstream_in_flight = Gauge("trim_upstream_in_flight", "Backend calls holding a slot", ["upstream"], registry=registry)
+        self.cost: Counter | None = None
+        if cost_model is not None and not isinstance(cost_model, StrongTokensCost):
+            cache = ", prefix cache" if cost_model.caches_prefixes else ""
+            self.cost = Counter("trim_cost", f"Cost of requests in {cost_model.natural_unit} (cost={cost_model.name}{cache})",
+                                ["router"], registry=registry)
         self._step_counts: dict[str, list[int]] = {}
 
     def watch_upstream(self, role: str, upstream: Any) -> None:
@@ -75,12 +89,16 @@ class ServeMetrics:
         self.decision_seconds.labels(router=router).observe(decision_ms / 1000.0)
         self.step_overhead_seconds.labels(router=router).observe(max(overhead_s, 0.0))
 
-    def observe_request(self, router: str, outcome: str, seconds: float, weak_tokens: int, strong_tokens: int) -> None:
-        """Count a finished request (whatever its outcome) and the tokens it cost."""
+    def observe_request(self, router: str, outcome: str, seconds: float, weak_tokens: int, strong_tokens: int,
+                        cost: float | None = None) -> None:
+        """Count a finished request (whatever its outcome), the tokens it cost and, under a cost model
+        other than ``strong_tokens``, its cost in the model's natural unit."""
         self.requests.labels(router=router, outcome=outcome).inc()
         self.request_seconds.labels(router=router).observe(seconds)
         self.weak_tokens.labels(router=router).inc(weak_tokens)
         self.strong_tokens.labels(router=router).inc(strong_tokens)
+        if self.cost is not None and cost is not None:
+            self.cost.labels(router=router).inc(cost)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

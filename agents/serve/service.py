@@ -19,12 +19,21 @@ caller believe, for example, that ``temperature`` or ``max_tokens`` applied.
 **Response**: a ``chat.completion`` whose message is the solution (steps joined by a blank line),
 ``finish_reason`` ``stop`` (the answer ended) or ``length`` (the step limit), ``usage`` with
 ``completion_tokens`` = ``weak_tokens`` + ``strong_tokens`` (decoded tokens; rejected weak
-proposals included; ``prompt_tokens`` is 0, the backends do not report it) and a ``trim`` field:
+proposals included; ``prompt_tokens`` is 0: three models read the prompt, every step; ``cost`` below
+counts those reads) and a ``trim`` field:
 the router, operating point, caps, per-step trace (writer, model, PRM score, tokens, decision,
 decision latency, upstream time) and totals. Streaming sends a role chunk, then one chunk per
 written step (its text, with the separator before every step but the first, and its trace entry
 under ``trim.step``), a final chunk with ``finish_reason`` and the ``trim`` summary, and, when asked,
 a usage chunk.
+
+**Cost** (``cost=`` of ``conf/serve.yaml``, :attr:`ServiceSettings.cost_model`; default
+``strong_tokens``). Under another model ``usage`` adds ``cost`` (the streamed usage chunk too): ``{"model": "price", "units": x,
+"natural": y, "natural_unit": "USD"}``, the request's weak, strong and PRM calls priced as
+:func:`trim_env.cost.path_cost` prices the same path on a tree (:meth:`agents.live.RoutedSolution.priced`;
+``units`` are cost units, ``natural`` is in ``natural_unit``), and the metrics count it
+(``trim_cost_total``). Under ``strong_tokens`` answers are exactly as before. Budgets
+(``max_strong_tokens``) are strong tokens under every model.
 
 **Errors**: :class:`RequestError` (400) for bad requests; :class:`~agents.serve.loop.UpstreamError`
 (502, or 504 when the backend timed out) naming the backend.
@@ -39,7 +48,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, Mapping
 
-from agents.live import RoutedSolution
+from agents.live import QueryCost, RoutedSolution
 from agents.serve.loop import (
     RoutingLoop,
     StepEvent,
@@ -49,6 +58,7 @@ from agents.serve.loop import (
 )
 from agents.serve.metrics import ServeMetrics
 from agents.serve.routers import OperatingPoint, ServedRouter
+from trim_env.cost import CostModel, StrongTokensCost, cost_model_from_dict
 from trim_env.sources.base import STEP_SEPARATOR, PRMScorer, StepGenerator
 from trim_env.sources.factory import make_generator, make_prm
 from trim_env.sources.grading import boxed_answer
@@ -87,6 +97,7 @@ class ServiceSettings:
     :param max_strong_steps: cap on rewrites per request (``None``: none).
     :param seed: default root of the sampling seeds.
     :param upstream_concurrency: backend calls in flight at once, per upstream (``weak``, ``strong``, ``prm``).
+    :param cost_model: what requests are priced with in ``usage.cost`` and the metrics (``strong_tokens``: nothing added).
     """
 
     max_steps: int = MAX_STEPS
@@ -94,6 +105,7 @@ class ServiceSettings:
     max_strong_steps: int | None = None
     seed: int = 0
     upstream_concurrency: Mapping[str, int] = field(default_factory=lambda: {"weak": 16, "strong": 16, "prm": 16})
+    cost_model: CostModel = field(default_factory=StrongTokensCost)
 
 
 @dataclass
@@ -118,18 +130,24 @@ class ChatRequest:
 
 @dataclass
 class RoutingRun:
-    """One request being routed: its solution so far and what the response reports."""
+    """One request being routed: its solution so far and what the response reports.
+
+    :param cost_model: what the solution is priced with; :attr:`cost` is set when the routing ends
+        (``None`` under ``strong_tokens``).
+    """
 
     request: ChatRequest
+    cost_model: CostModel = field(default_factory=StrongTokensCost)
     id: str = field(default_factory=lambda: f"chatcmpl-trim-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     point: OperatingPoint | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str = "length"
     upstream_ms: float = 0.0
+    cost: QueryCost | None = None
 
     def __post_init__(self) -> None:
-        self.solution = RoutedSolution(self.request.problem)
+        self.solution = RoutedSolution(self.request.problem, cost_model=self.cost_model)
 
 
 class RoutingService:
@@ -149,7 +167,7 @@ class RoutingService:
         self.routers = dict(routers)
         self.settings = settings or ServiceSettings()
         StepLimits(self.settings.max_steps, self.settings.max_strong_tokens, self.settings.max_strong_steps)  # checks them
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(self.settings.cost_model)
         concurrency = dict(self.settings.upstream_concurrency)
         unknown = sorted(set(concurrency) - {"weak", "strong", "prm"})
         if unknown:
@@ -165,7 +183,10 @@ class RoutingService:
     def from_config(cls, config: Mapping[str, Any]) -> RoutingService:
         """A service from a ``conf/serve.yaml``-shaped mapping: ``routers`` (name -> ``path``,
         ``operating_point``), ``weak``/``strong``/``prm`` backend configs (:mod:`trim_env.sources.factory`),
-        ``max_tokens_per_step`` and the :class:`ServiceSettings` fields."""
+        ``max_tokens_per_step``, the :class:`ServiceSettings` fields and ``cost`` (the ``cost=`` group's
+        settings; none: ``strong_tokens``).
+
+        :raises trim_env.cost.CostModelError: a bad ``cost`` setting, naming its key."""
         routers_config = config.get("routers") or {}
         if not isinstance(routers_config, Mapping) or not routers_config:
             raise ValueError("routers: give at least one router, e.g. routers.trim.path=OUT/router")
@@ -181,6 +202,7 @@ class RoutingService:
             max_strong_steps=config.get("max_strong_steps"),
             seed=int(config.get("seed", 0)),
             upstream_concurrency={str(role): int(value) for role, value in (config.get("upstream_concurrency") or {}).items()},
+            cost_model=cost_model_from_dict(dict(config["cost"])) if config.get("cost") else StrongTokensCost(),
         )
         return cls(routers, make_generator(config["weak"], max_tokens, "weak"), make_generator(config["strong"], max_tokens, "strong"),
                    make_prm(config["prm"], "prm"), settings)
@@ -243,7 +265,7 @@ class RoutingService:
 
     async def complete(self, body: Any) -> dict[str, Any]:
         """Route a non-streaming request; the ``chat.completion`` answer."""
-        run = RoutingRun(self._checked(body))
+        run = RoutingRun(self._checked(body), self.settings.cost_model)
         async for _ in self._events(run):
             pass
         return self.completion(run)
@@ -251,7 +273,7 @@ class RoutingService:
     async def stream(self, body: Any) -> AsyncGenerator[dict[str, Any], None]:
         """Route a streaming request: returns once the first step is written (so that a request that
         fails before it gets a plain error answer), then yields the chunks."""
-        run = RoutingRun(self._checked(body))
+        run = RoutingRun(self._checked(body), self.settings.cost_model)
         events = self._events(run)
         try:
             first = await events.__anext__()
@@ -306,8 +328,10 @@ class RoutingService:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
+            if not run.solution.priced_by_strong_tokens:
+                run.cost = run.solution.priced()
             self.metrics.observe_request(name, outcome, time.perf_counter() - started, run.solution.weak_tokens,
-                                         run.solution.strong_tokens)
+                                         run.solution.strong_tokens, None if run.cost is None else run.cost.natural)
 
     # ------------------------------------------------------------------------------------------
     # Answers
@@ -321,10 +345,13 @@ class RoutingService:
                 "proposal_prm": step.proposal_prm, "proposal_tokens": step.proposal_tokens,
                 "rejected_text": step.rejected_text, "upstream_ms": event.upstream_ms}
 
-    def _usage(self, run: RoutingRun) -> dict[str, int]:
+    def _usage(self, run: RoutingRun) -> dict[str, Any]:
         weak, strong = run.solution.weak_tokens, run.solution.strong_tokens
-        return {"prompt_tokens": 0, "completion_tokens": weak + strong, "total_tokens": weak + strong,
-                "weak_tokens": weak, "strong_tokens": strong}
+        usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": weak + strong, "total_tokens": weak + strong,
+                                 "weak_tokens": weak, "strong_tokens": strong}
+        if run.cost is not None:
+            usage["cost"] = run.cost.to_dict()
+        return usage
 
     def _summary(self, run: RoutingRun, with_steps: bool = True) -> dict[str, Any]:
         request, solution = run.request, run.solution
