@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,20 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_frontier import load_script
 
 from agents.cli import frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 COST_STUDY = ROOT / "scripts" / "cost_study.py"
 WEAK, STRONG = 0.4, 0.8
-
-
-def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("cost_study", COST_STUDY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _point(policy: str, cost: float, pgr: float, seed: int | None = None) -> dict[str, Any]:
@@ -43,7 +35,7 @@ def _study(out: Path, name: str, cost: dict[str, Any], weak_cost: float, points:
 
 
 def test_the_report_tabulates_each_models_frontier_apgr(tmp_path: Path) -> None:
-    module = _module()
+    module = load_script("cost_study")
     # Under strong tokens (weak-only free) and under price (weak-only at c_w = 0.25).
     free = _study(tmp_path, "strong_tokens", {"name": "strong_tokens"}, 0.0,
                   [_point("thr", 0.2, 0.5), _point("thr", 0.5, 0.9), _point("agg", 0.3, 0.8, seed=0), _point("agg", 0.3, 0.6, seed=1)])
@@ -66,7 +58,7 @@ def test_the_report_tabulates_each_models_frontier_apgr(tmp_path: Path) -> None:
 
 
 def test_the_routers_rescored_are_the_first_studys_exports_of_the_policy(tmp_path: Path) -> None:
-    module = _module()
+    module = load_script("cost_study")
     for job in ("agg-grid/lambda=0.01,seed=0", "agg-extension1/lambda=0.0005,seed=0", "pomdp-grid/lambda=0.01,seed=0"):
         (tmp_path / "runs" / job / "router").mkdir(parents=True)
         (tmp_path / "runs" / job / "router" / "config.json").write_text("{}")
@@ -75,7 +67,7 @@ def test_the_routers_rescored_are_the_first_studys_exports_of_the_policy(tmp_pat
 
 
 def test_rescoring_skips_routers_already_evaluated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _module()
+    module = load_script("cost_study")
     commands: list[list[str]] = []
     monkeypatch.setattr(module, "run", lambda name, command, times: commands.append(command))
     (tmp_path / "target" / "000").mkdir(parents=True)

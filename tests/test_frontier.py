@@ -403,9 +403,9 @@ def test_the_packaged_reference_is_the_one_calibration_reads() -> None:
 RUN_FRONTIER = ROOT / "scripts" / "run_frontier.py"
 
 
-def _run_frontier_module() -> Any:
-    """scripts/run_frontier.py as a module (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location("run_frontier", RUN_FRONTIER)
+def load_script(name: str) -> Any:
+    """scripts/<name>.py as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -454,7 +454,7 @@ def test_run_frontier_refuses_bad_settings_before_any_stage(arguments, message, 
 )
 def test_run_frontier_extends_a_grid_to_half_the_smallest_lambda_while_that_pays(pgr_at, swept, tmp_path, monkeypatch):
     """Each fake train stage writes one point per λ (one seed) with PGR ``pgr_at(λ)``."""
-    module = _run_frontier_module()
+    module = load_script("run_frontier")
     commands: list[list[str]] = []
 
     def fake_stage(name: str, command: list[str], times: dict[str, float], *done: Any) -> None:
@@ -488,7 +488,7 @@ def test_run_frontier_runs_every_stage_and_records_their_wall_times(tiny_dataset
 
 
 def test_run_frontier_trains_a_conditioned_policy_once_per_seed(tmp_path, monkeypatch):
-    module = _run_frontier_module()
+    module = load_script("run_frontier")
     commands: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(module, "stage", lambda name, command, times, *done: commands.append((name, command)))
     module.train_conditioned("agg_conditioned", ["0", "1"], tmp_path, [], {})
@@ -498,7 +498,7 @@ def test_run_frontier_trains_a_conditioned_policy_once_per_seed(tmp_path, monkey
 
 
 def test_run_frontier_passes_its_cost_model_to_every_stage_as_overrides() -> None:
-    module = _run_frontier_module()
+    module = load_script("run_frontier")
     register_schemas()
     study = compose("run_frontier", ["out=x", "cost=price", "cost.prefix_cache=true", "cost.strong.output_per_mtok=2.5"])
     overrides = module.cost_overrides(study.cost)
@@ -511,7 +511,7 @@ def test_run_frontier_passes_its_cost_model_to_every_stage_as_overrides() -> Non
 
 
 def test_run_frontier_skips_a_stage_whose_run_dir_holds_its_results(tmp_path: Path) -> None:
-    module = _run_frontier_module()
+    module = load_script("run_frontier")
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     write_results(tmp_path / "sweep" / "lambda=0.1", [point("agg", 0.3, 0.5)])
     times: dict[str, float] = {}
