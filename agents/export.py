@@ -296,11 +296,14 @@ class SavedRouterSettings(RouterSettings):
     :param allow_training_queries: score it on queries it was trained on anyway (refused by default).
     :param operating_points: evaluate it at each of these operating points (TRIM-Thr's threshold,
         λ of TRIM-POMDP or of a λ-conditioned router), one point each; ``null``: once, as exported.
+    :param seed: the router's training seed, recorded on its points so a report over several seeds'
+        routers averages seeds instead of pooling their points (``null``: not recorded).
     """
 
     path: str = "???"
     allow_training_queries: bool = False
     operating_points: Optional[list[float]] = None
+    seed: Optional[int] = None
 
 
 class SavedRouter:
@@ -326,13 +329,14 @@ class SavedRouter:
         check_not_trained_on(settings.path, trees.query_id, settings.allow_training_queries)
         router = load_router(settings.path)
         label = f"router:{router.config['policy']}"
+        seed = {"seed": settings.seed} if settings.seed is not None else {}
         if settings.operating_points is None:
-            return [SweepPoint(label, router.config.get("lambda"), run_episodes(trees, router))]
+            return [SweepPoint(label, router.config.get("lambda"), run_episodes(trees, router), seed)]
         points = []
         for index, value in enumerate(settings.operating_points):
             try:
                 moved = router.at_operating_point(float(value))
             except ValueError as error:
                 raise ValueError(f"policy.operating_points[{index}] = {value}: {error}") from None
-            points.append(SweepPoint(label, float(value), run_episodes(trees, moved)))
+            points.append(SweepPoint(label, float(value), run_episodes(trees, moved), seed))
         return points

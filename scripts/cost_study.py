@@ -87,9 +87,10 @@ def rescore(routers: list[Path], target: Path, overrides: list[str], data: list[
         run_dir = target / f"{index:03d}"
         if (run_dir / "results.json").exists():
             continue
-        # Quoted: a multirun job's directory name holds '=' and ','.
+        # The training run's seed, so the report averages seeds; quoted: a job dir's name holds '=' and ','.
+        seed = json.loads((router.parent / "results.json").read_text())["points"][-1]["seed"]
         run(f"{name} rescore {index + 1}/{len(routers)}", [sys.executable, "scripts/evaluate.py", "policy=router", f"policy.path='{router}'",
-                                                           f"hydra.run.dir={run_dir}", *overrides, *data], times)
+                                                           f"policy.seed={seed}", f"hydra.run.dir={run_dir}", *overrides, *data], times)
 
 
 def method_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -142,18 +142,20 @@ def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
 
 
 def cost_overrides(cost: DictConfig) -> list[str]:
-    """The study's cost model as overrides of a stage: ``cost=<name>`` and one ``cost.<key>=<value>`` per setting."""
-    settings_of(cost)  # refuse a bad value here, naming the key, before any stage runs
+    """The study's cost model as overrides of a stage: ``cost=<name>`` and ``cost.<key>=<value>`` for
+    each setting that differs from that option's default (few keys: they name multirun job dirs)."""
+    model = settings_of(cost)  # refuses a bad value here, naming the key, before any stage runs
+    default = type(model)().to_dict()  # each conf/cost option is its dataclass's defaults
     leaves: list[str] = [f"cost={cost.name}"]
 
-    def flatten(prefix: str, node: Any) -> None:
+    def differing(prefix: str, node: Any, default: Any) -> None:
         for key, value in node.items():
             if isinstance(value, dict):
-                flatten(f"{prefix}{key}.", value)
-            elif key != "name":
+                differing(f"{prefix}{key}.", value, default[key])
+            elif value != default[key]:
                 leaves.append(f"{prefix}{key}={json.dumps(value)}")
 
-    flatten("cost.", OmegaConf.to_container(cost, resolve=True))
+    differing("cost.", model.to_dict(), default)
     return leaves
 
 

@@ -72,9 +72,12 @@ def test_rescoring_skips_routers_already_evaluated(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(module, "run", lambda name, command, times: commands.append(command))
     (tmp_path / "target" / "000").mkdir(parents=True)
     (tmp_path / "target" / "000" / "results.json").write_text("{}")
+    (tmp_path / "lambda=0.01,seed=1").mkdir()
+    (tmp_path / "lambda=0.01,seed=1" / "results.json").write_text(json.dumps({"points": [{"policy": "agg", "seed": 1}]}))
     module.rescore([tmp_path / "a" / "router", tmp_path / "lambda=0.01,seed=1" / "router"], tmp_path / "target", ["cost=price"], [], {}, "price")
     (command,) = commands
     assert f"policy.path='{tmp_path / 'lambda=0.01,seed=1' / 'router'}'" in command and "cost=price" in command
+    assert "policy.seed=1" in command  # the training run's seed
     assert f"hydra.run.dir={tmp_path / 'target' / '001'}" in command
 
 

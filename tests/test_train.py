@@ -158,8 +158,16 @@ def test_evaluate_script_reproduces_the_training_point(runs, policy, tiny_datase
     trained = json.loads((out / "results.json").read_text())["points"]
     assert evaluated[:2] == trained[:2]  # same split, same anchors
     assert evaluated[-1]["policy"] == f"router:{policy}" and evaluated[-1]["parameter"] == 0.01
+    assert "seed" not in evaluated[-1]
     for key in POINT_METRICS:
         assert evaluated[-1][key] == pytest.approx(trained[-1][key], rel=1e-12, abs=1e-12), key
+
+
+def test_an_evaluated_router_records_the_training_seed_it_is_given(runs, tiny_dataset_dir, tmp_path):
+    result = run_script("scripts/evaluate.py", "policy=router", f"policy.path={runs['thr'] / 'router'}", "policy.seed=2",
+                        f"data.path={tiny_dataset_dir}", "data.persist_growth=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["points"][-1]["seed"] == 2
 
 
 def test_evaluation_refuses_a_router_on_its_own_training_queries_unless_told(runs, tiny_dataset_dir, tmp_path):
