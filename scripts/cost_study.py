@@ -39,7 +39,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agents.cli.common import register_schemas, settings_of
+from agents.cli.common import read_bool, register_schemas, settings_of
 from trim_env import atomic, metrics
 from trim_env.paths import config_dir
 
@@ -221,7 +221,7 @@ def _app(cfg: DictConfig) -> None:
             rescore(routers, out / name / "runs" / f"rescored-{cfg.rescored_policy}", overrides, data, times, name)
         study_data = [f"data_path={cfg.data_path}"] if cfg.data_path is not None else []
         run(name, [sys.executable, "scripts/run_frontier.py", f"out={out / name}", f"policies={policies}", f"seeds={seeds}",
-                   *study_data, *overrides], times)
+                   f"match_rewrite_penalty={read_bool(cfg, 'match_rewrite_penalty')}", *study_data, *overrides], times)
     models = write_report(out, costs, [str(m) for m in cfg.figure_methods])
     print((out / "cost_study.md").read_text())
     total = time.perf_counter() - started

@@ -13,7 +13,12 @@ simulated ones (in strong tokens only: the real figures count nothing else). Pri
 of each stage and writes them to ``out/study_times.json``.
 
 The ``cost=`` group (and its keys, e.g. ``cost.prefix_cache=true``) is passed on to every stage,
-so the whole study is trained, evaluated and reported in that cost model. A stage whose run dir
+so the whole study is trained, evaluated and reported in that cost model. A cost unit is 1/480 of
+a strong-only query in every model, but a rewrite costs more units under some (``price`` and
+``flops`` also pay its prefill and its scoring), so one λ grid sweeps different parts of the
+frontier in different models; ``match_rewrite_penalty=true`` multiplies the grids by
+:func:`trim_env.cost.rewrite_penalty_scale` (measured on the train split) so that a λ charges a
+rewrite as much, on average, as in strong tokens. A stage whose run dir
 already holds all its results (``results.json`` of every job) is skipped, so an interrupted study
 resumes where it stopped; delete a run dir to run it again.
 
@@ -39,9 +44,11 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from agents.cli.common import read_int, register_schemas, settings_of
+from agents.cli.common import read_bool, read_int, register_schemas, settings_of
 from agents.registry import registry
 from trim_env import atomic
+from trim_env.cost import rewrite_penalty_scale
+from trim_env.data import load_trees
 from trim_env.paths import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +126,31 @@ def sweep_policy(policy: str, lambdas: list[float], seeds: list[str], runs: Path
     print(f"== {policy}: PGR {best:.3f} after {MAX_EXTENSIONS} extensions", flush=True)
 
 
-def train_conditioned(policy: str, seeds: list[str], runs: Path, data: list[str], times: dict[str, float]) -> None:
-    """A λ-conditioned policy: one run per seed gives its whole curve (a test point per λ of its grid)."""
+def train_conditioned(policy: str, seeds: list[str], runs: Path, data: list[str], times: dict[str, float],
+                      scaled: list[str] | None = None) -> None:
+    """A λ-conditioned policy: one run per seed gives its whole curve (a test point per λ of its grid).
+
+    :param scaled: overrides of its λ range and grid when they are scaled (``match_rewrite_penalty``).
+    """
     sweep_dir = runs / f"{policy}-seeds"
     stage(f"{policy} seeds", [sys.executable, "train.py", "-m", f"policy={policy}", f"seed={','.join(seeds)}", "progress_bar=false",
-                              f"hydra.sweep.dir={sweep_dir}", *data], times, sweep_dir, len(seeds))
+                              f"hydra.sweep.dir={sweep_dir}", *(scaled or []), *data], times, sweep_dir, len(seeds))
+
+
+def _values(values: list[float]) -> str:
+    return "[" + ",".join(f"{v:g}" for v in values) + "]"
+
+
+def lambda_scale(cfg: DictConfig) -> float:
+    """The factor of every λ grid: :func:`~trim_env.cost.rewrite_penalty_scale` on the train split
+    with ``match_rewrite_penalty``, else 1."""
+    if not read_bool(cfg, "match_rewrite_penalty") or cfg.cost.name == "strong_tokens":
+        return 1.0
+    trees = load_trees(path=cfg.data_path, split="train", grow=False)
+    scale = rewrite_penalty_scale(settings_of(cfg.cost), trees)
+    print(f"== λ grids x {scale:.4g}: a rewrite costs {1 / scale:.3g} x its strong tokens in cost={cfg.cost.name} units "
+          "on average (train split)", flush=True)
+    return scale
 
 
 def check_study(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -172,6 +199,7 @@ def _app(cfg: DictConfig) -> None:
     python = sys.executable
     times: dict[str, float] = {}
     started = time.perf_counter()
+    scale = lambda_scale(cfg)
     stage("thr", [python, "scripts/evaluate.py", "policy=thr", f"hydra.run.dir={runs / 'thr'}", *data], times, runs / "thr")
     stage("baselines", [python, "scripts/baselines.py", f"hydra.run.dir={runs / 'baselines'}", *data], times, runs / "baselines")
     for policy in policies:
@@ -179,15 +207,17 @@ def _app(cfg: DictConfig) -> None:
         # A policy that is solved, not trained (TRIM-POMDP), gives the same router for every seed.
         policy_seeds = seeds if config.get("total_timesteps") is not None else seeds[:1]
         if config.get("lambda_range") is not None:
-            train_conditioned(policy, policy_seeds, runs, data, times)
+            scaled = None if scale == 1.0 else [f"policy.lambda_range={_values([scale * float(v) for v in config.lambda_range])}",
+                                                 f"policy.sweep_lambdas={_values([scale * float(v) for v in config.sweep_lambdas])}"]
+            train_conditioned(policy, policy_seeds, runs, data, times, scaled)
         else:
-            sweep_policy(policy, [float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
+            sweep_policy(policy, [scale * float(v) for v in config.sweep_lambdas], policy_seeds, runs, data, times)
     # The real overlay counts strong tokens: only a strong-token study is drawn beside it.
     real = ["real_reference=packaged"] if cfg.cost.name == "strong_tokens" else []
     stage("report", [python, "scripts/frontier.py", f"paths=[{runs}]", f"out={out}", *real], times)
     total = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()) + f"; total {total:.0f} s")
-    atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total})
+    atomic.write_json(out / "study_times.json", {"stages_s": times, "total_s": total, "lambda_scale": scale})
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from trim_env.cost import (
     anchor_cost,
     cost_model_from_dict,
     path_cost,
+    regeneration_extra_cost,
+    rewrite_penalty_scale,
     step_cost,
 )
 from trim_env.env import StepRoutingEnv
@@ -231,6 +233,16 @@ def test_a_strong_tokens_model_has_no_prefix_cache_setting() -> None:
     with pytest.raises(CostModelError, match="cost.prefix_cache = 'yes' must be true or false"):
         FlopsCost(prefix_cache="yes")  # type: ignore[arg-type]
     assert settings_of(compose("evaluate", ["cost=latency", "cost.prefix_cache=true"]).cost).caches_prefixes
+
+
+def test_the_rewrite_penalty_scale_is_the_mean_rewrite_in_strong_tokens_over_its_mean_priced_cost() -> None:
+    trees = hand_tree()
+    # Regenerating rather than continuing at nodes 0, 1, 2 adds strong(prefix, rewrite) + prm(prefix + rewrite, 0):
+    # (300 + 200) + 480, (330 + 80) + 472, (360 + 70) + 508 USD per 10^6; the rewrites are 20, 8 and 7 strong tokens.
+    extra = np.array([980.0, 882.0, 938.0]) / 1e6 / PRICE.unit
+    np.testing.assert_allclose(regeneration_extra_cost(PRICE, trees, np.array([0, 1, 2])), extra, rtol=1e-12)
+    assert rewrite_penalty_scale(PRICE, trees) == pytest.approx((20 + 8 + 7) / 3 / extra.mean(), rel=1e-12)
+    assert rewrite_penalty_scale(StrongTokensCost(), trees) == 1.0
 
 
 def test_a_child_of_the_wrong_kind_or_a_missing_child_is_refused() -> None:

@@ -23,7 +23,8 @@ import pytest
 from agents.cli import frontier
 from agents.cli.common import compose, register_schemas, settings_of
 from trim_env import metrics
-from trim_env.cost import CostModelError
+from trim_env.cost import CostModelError, PriceCost, rewrite_penalty_scale
+from trim_env.tree import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 WEAK, STRONG, STRONG_TOKENS = 0.4, 0.8, 500.0
@@ -508,6 +509,16 @@ def test_run_frontier_passes_its_cost_model_to_every_stage_as_overrides() -> Non
     assert module.cost_overrides(compose("run_frontier", ["out=x"]).cost) == ["cost=strong_tokens"]
     with pytest.raises(CostModelError, match="cost.weak.input_per_mtok = -1.0"):
         module.cost_overrides(compose("run_frontier", ["out=x", "cost=price", "cost.weak.input_per_mtok=-1"]).cost)
+
+
+def test_run_frontier_scales_the_grids_to_match_a_rewrites_penalty_only_when_asked(tiny_dataset_dir: Path) -> None:
+    module = load_script("run_frontier")
+    register_schemas()
+    asked = compose("run_frontier", ["out=x", "cost=price", "match_rewrite_penalty=true", f"data_path={tiny_dataset_dir}"])
+    scale = module.lambda_scale(asked)
+    assert scale == pytest.approx(rewrite_penalty_scale(PriceCost(), load_split(tiny_dataset_dir, "train"))) and 0 < scale < 1
+    assert module.lambda_scale(compose("run_frontier", ["out=x", "cost=price", f"data_path={tiny_dataset_dir}"])) == 1.0
+    assert module.lambda_scale(compose("run_frontier", ["out=x", "match_rewrite_penalty=true", f"data_path={tiny_dataset_dir}"])) == 1.0
 
 
 def test_run_frontier_skips_a_stage_whose_run_dir_holds_its_results(tmp_path: Path) -> None:

@@ -409,6 +409,28 @@ def step_cost(model: CostModel, trees: RolloutTrees, nodes: np.ndarray, children
     return event_cost(model, prefix, proposal, rewrite, regenerated, seen)
 
 
+def regeneration_extra_cost(model: CostModel, trees: RolloutTrees, nodes: np.ndarray) -> np.ndarray:
+    """Cost units of regenerating rather than continuing at each of ``nodes`` (each needs both children):
+    the strong call and the PRM's scoring of the rewrite (the proposal is paid either way; what it
+    changes at later steps, such as the weak model reading the rewrite under a prefix cache, is not counted)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    regenerate = step_cost(model, trees, nodes, trees.strong_child[nodes], np.ones(len(nodes), dtype=bool))
+    proceed = step_cost(model, trees, nodes, trees.weak_child[nodes], np.zeros(len(nodes), dtype=bool))
+    return regenerate - proceed
+
+
+def rewrite_penalty_scale(model: CostModel, trees: RolloutTrees) -> float:
+    """How much less λ charges a rewrite in strong tokens than in ``model``: the mean
+    :func:`regeneration_extra_cost` under :class:`StrongTokensCost` (a rewrite's tokens) over its mean
+    under ``model``, over the stored nodes with both children. A λ grid chosen for strong tokens,
+    times this, charges a rewrite as much on average under ``model`` (1 for strong tokens)."""
+    nodes = np.flatnonzero((trees.weak_child >= 0) & (trees.strong_child >= 0))
+    if nodes.size == 0:
+        raise ValueError("rewrite_penalty_scale: the trees store no node with both a weak and a strong child")
+    return float(np.mean(regeneration_extra_cost(StrongTokensCost(), trees, nodes))
+                 / np.mean(regeneration_extra_cost(model, trees, nodes)))
+
+
 def event_cost(model: CostModel, prefix: np.ndarray, proposal: np.ndarray, rewrite: np.ndarray,
                regenerated: np.ndarray, seen: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Cost units of routing events given in tokens (one per entry; the calls of the module docstring).

@@ -29,7 +29,7 @@ import numpy as np
 
 from agents.pomdp.model import N_STATES, PomdpFitError, PomdpModel
 from agents.pomdp.observation import ScoreSamples, fit_observation_model, observation_samples_from_trees
-from trim_env.cost import CostModel, StrongTokensCost, step_cost
+from trim_env.cost import CostModel, StrongTokensCost, regeneration_extra_cost
 from trim_env.tree import MAX_STEPS, STATE_CORRECT, UNKNOWN_STATE, RolloutTrees
 
 #: Version of the fitting method; part of the key of cached fitted models, so bump it whenever
@@ -80,7 +80,7 @@ def regeneration_cost(cost_model: CostModel, trees: RolloutTrees, nodes: np.ndar
     step and every later one (late steps are rare; their prefixes are the longest), and a bin
     with no pair from that step on the mean of the bin over all steps (0 for an empty bin).
 
-    :param cost_model: prices the calls (:func:`trim_env.cost.step_cost`).
+    :param cost_model: prices the calls (:func:`trim_env.cost.regeneration_extra_cost`).
     :param trees: the trees.
     :param nodes: decision nodes with both a weak and a strong child.
     :param token_edges: token bin edges of the proposal (first 0, last inf).
@@ -89,13 +89,12 @@ def regeneration_cost(cost_model: CostModel, trees: RolloutTrees, nodes: np.ndar
     :returns: shape (T, token bins); row t - 1 is step t.
     """
     nodes = np.asarray(nodes, dtype=np.int64)
-    regenerate = step_cost(cost_model, trees, nodes, trees.strong_child[nodes], np.ones(len(nodes), dtype=bool))
-    proceed = step_cost(cost_model, trees, nodes, trees.weak_child[nodes], np.zeros(len(nodes), dtype=bool))
+    extra = regeneration_extra_cost(cost_model, trees, nodes)
     k = len(token_edges) - 1
     token_bin = np.searchsorted(token_edges, trees.step_tokens[trees.weak_child[nodes]], side="right") - 1
     cell = np.minimum(trees.depth[nodes].astype(np.int64), horizon - 1) * k + token_bin
     count = np.bincount(cell, minlength=horizon * k).reshape(horizon, k).astype(np.float64)
-    total = np.bincount(cell, weights=regenerate - proceed, minlength=horizon * k).reshape(horizon, k)
+    total = np.bincount(cell, weights=extra, minlength=horizon * k).reshape(horizon, k)
     tail_count, tail_total = np.cumsum(count[::-1], axis=0)[::-1], np.cumsum(total[::-1], axis=0)[::-1]
     overall = total.sum(axis=0) / np.maximum(count.sum(axis=0), 1.0)
     pooled = np.where(tail_count > 0, tail_total / np.maximum(tail_count, 1.0), overall)
