@@ -177,9 +177,12 @@ def draw(models: dict[str, dict[str, Any]], methods: list[str]) -> plt.Figure:
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(models):]:
         axis.axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    figure.suptitle("Simulated data: accuracy vs cost under each cost model (★ weak-only / strong-only)")
+    legend: dict[str, Any] = {}  # one entry per method drawn in any panel
+    for axis in axes.flat:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=max(1, len(legend)), fontsize=8)
+    figure.suptitle("Simulated data: accuracy vs cost under each cost model (★ weak-only / strong-only; c axis cut at 3)")
     figure.tight_layout(rect=(0, 0.05, 1, 0.96))
     return figure
 

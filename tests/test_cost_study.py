@@ -53,6 +53,8 @@ def test_the_report_tabulates_each_models_frontier_apgr(tmp_path: Path) -> None:
     assert next(line for line in markdown.splitlines() if line.startswith("| router:agg |")) == "| router:agg | — | 0.225 |"
     assert "| price | `cost=price` | 0.250 |" in markdown
     assert (tmp_path / "cost_study.png").stat().st_size > 0
+    figure = module.draw(models, ["thr", "agg", "router:agg"])
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["thr", "agg", "router:agg"]  # from every panel
     content = json.loads((tmp_path / "cost_study.json").read_text())
     assert content["overrides"] == overrides and set(content["models"]) == {"strong_tokens", "price"}
 
