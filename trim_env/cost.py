@@ -546,10 +546,14 @@ def anchor_cost(model: CostModel, trees: RolloutTrees, run: str) -> np.ndarray:
     if run not in ("weak_only", "strong_only"):
         raise ValueError(f"run = {run!r} must be 'weak_only' or 'strong_only'")
     decoded = getattr(trees, f"{run}_tokens").astype(np.int64)
-    if model.charges_prefill:
-        check_trees(model, trees)
-        assert trees.prompt_tokens is not None
-        prompt = trees.prompt_tokens.astype(np.int64)
-    else:
-        prompt = np.zeros(trees.num_queries, dtype=np.int64)
-    return model.call_cost(run.removesuffix("_only"), prompt, decoded) / model.unit
+    return model.call_cost(run.removesuffix("_only"), prompt_tokens(model, trees), decoded) / model.unit
+
+
+def prompt_tokens(model: CostModel, trees: RolloutTrees) -> np.ndarray:
+    """Each query's prompt tokens as ``model`` charges them (zeros for a model that does not charge
+    prefill: old trees work there; the others refuse trees without them, :func:`check_trees`)."""
+    if not model.charges_prefill:
+        return np.zeros(trees.num_queries, dtype=np.int64)
+    check_trees(model, trees)
+    assert trees.prompt_tokens is not None
+    return trees.prompt_tokens.astype(np.int64)

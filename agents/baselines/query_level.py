@@ -34,7 +34,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from trim_env import metrics
-from trim_env.cost import CostModel, StrongTokensCost, anchor_cost, check_trees
+from trim_env.cost import CostModel, StrongTokensCost, anchor_cost, prompt_tokens
 from trim_env.evaluation import Outcomes, run_thresholds
 from trim_env.tree import RolloutTrees
 
@@ -56,11 +56,7 @@ def weak_solution_scores(trees: RolloutTrees) -> dict[str, np.ndarray]:
 def weak_solution_check_cost(cost_model: CostModel, trees: RolloutTrees) -> np.ndarray:
     """Cost units of AutoMix's check of each query's weak solution: one PRM call that reads the
     prompt and the whole weak-only solution and decodes nothing (free under strong tokens)."""
-    read = trees.weak_only_tokens.astype(np.int64)
-    if cost_model.charges_prefill:
-        check_trees(cost_model, trees)
-        assert trees.prompt_tokens is not None
-        read = read + trees.prompt_tokens.astype(np.int64)
+    read = prompt_tokens(cost_model, trees) + trees.weak_only_tokens.astype(np.int64)
     return cost_model.call_cost("prm", read, np.zeros_like(read)) / cost_model.unit
 
 
